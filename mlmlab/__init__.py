@@ -1,0 +1,3 @@
+"""mlmlab: a terminal workbench for masked language models."""
+
+__version__ = "0.1.0"

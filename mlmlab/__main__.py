@@ -1,0 +1,5 @@
+import sys
+
+from mlmlab.cli import main
+
+sys.exit(main())

@@ -1,0 +1,160 @@
+"""The `mlmlab` command: a thin layer of argument parsing over the engine and the app.
+
+User errors (`MlmlabError`) print one line and exit with status 2; anything else is a bug and
+keeps its traceback. Heavy modules (torch, textual) are imported only by the commands that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+from mlmlab.errors import MlmlabError
+
+EXIT_USER_ERROR = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except MlmlabError as exc:
+        print(f"mlmlab: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("mlmlab: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `mlmlab runs | head`
+        return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlmlab", description="A terminal workbench for masked language models.")
+    add_db(parser)
+    parser.set_defaults(func=cmd_app)
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="train a model (headless); the app launches exactly this")
+    run.add_argument("config", nargs="?", help="a TOML preset path or name in experiments/ (default: quick)")
+    run.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config key, e.g. --set train.steps=2000 (repeatable)")
+    run.add_argument("--name", help="run name (default: the preset's name)")
+    run.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (overrides train.device)")
+    run.add_argument("--resume", metavar="RUN", help="continue run RUN (id or name) from its last checkpoint")
+    run.add_argument("--quiet", action="store_true", help="no progress output")
+    add_db(run)
+    run.set_defaults(func=cmd_run)
+
+    runs = sub.add_parser("runs", help="list runs")
+    runs.add_argument("--json", action="store_true", help="print a JSON list, one object per run")
+    add_db(runs)
+    runs.set_defaults(func=cmd_runs)
+
+    stop = sub.add_parser("stop", help="ask a training run to checkpoint and stop")
+    stop.add_argument("run", help="run id or name")
+    add_db(stop)
+    stop.set_defaults(func=cmd_stop)
+
+    app = sub.add_parser("app", help="open the terminal app (the default with no command)")
+    add_db(app)
+    app.set_defaults(func=cmd_app)
+    return parser
+
+
+def add_db(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", type=Path, default=argparse.SUPPRESS,
+                        help="database file (default: $MLMLAB_DB or runs/mlmlab.db)")
+
+
+def db_path(args: argparse.Namespace) -> Path:
+    from mlmlab.store import default_db_path
+
+    return getattr(args, "db", None) or default_db_path()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from mlmlab.launcher import new_run, resume_run
+    from mlmlab.progress import pick_reporter
+    from mlmlab.training import NonFiniteLoss
+
+    reporter = pick_reporter(args.quiet)
+    try:
+        if args.resume:
+            if args.config or args.name:
+                raise MlmlabError("--resume takes no CONFIG or --name: the run keeps its own (use --set train.steps=N to extend it)")
+            run_id, status = resume_run(db_path(args), args.resume, args.sets, device=args.device, reporter=reporter)
+        else:
+            run_id, status = new_run(db_path(args), args.config, args.sets, name=args.name, device=args.device, reporter=reporter)
+    except NonFiniteLoss as exc:
+        print(f"mlmlab: run failed: {exc}", file=sys.stderr)
+        return 1
+    if run_id is not None and not args.quiet:
+        print(f"run {run_id} {status} (database {db_path(args)})", file=sys.stderr)
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from mlmlab.store import Store
+
+    path = db_path(args)
+    if not path.exists():
+        rows = []
+    else:
+        with Store(path, readonly=True) as store:
+            rows = store.summaries()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no runs yet in {path}: start one with `mlmlab run`")
+        return 0
+    print(format_runs_table(rows))
+    return 0
+
+
+def format_runs_table(rows: list[dict]) -> str:
+    def fmt(value, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    header = ("id", "name", "status", "step", "train loss", "eval loss", "eval acc", "tok/s", "device", "started")
+    lines = [header]
+    for r in rows:
+        lines.append((
+            str(r["id"]), r["name"][:24], r["status"], f"{r['steps']}/{r['total_steps']}",
+            fmt(r["train_loss"], ".3f"), fmt(r["eval_loss"], ".3f"), fmt(r["eval_acc"], ".1%"),
+            fmt(r["tokens_per_s"], ",.0f"), r["device"] or "-", r["started"] or "-",
+        ))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from mlmlab.store import ACTIVE, Store, effective_status, this_host
+
+    with Store(db_path(args)) as store:
+        run = store.find_run(args.run)
+        if effective_status(run) not in ACTIVE:
+            raise MlmlabError(f"run {run['id']} is {effective_status(run)}, not running")
+        store.request_stop(run["id"])
+    if run["host"] == this_host() and run["pid"]:
+        try:
+            os.kill(run["pid"], signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    print(f"asked run {run['id']} to stop; it checkpoints first")
+    return 0
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    from mlmlab.tui.app import run_app
+
+    return run_app(db_path(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Which device and precision a run uses: found, not assumed, and reported with the run."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+
+from mlmlab.errors import ConfigError
+
+
+def available_devices() -> list[dict]:
+    """Every device this machine offers: each CUDA GPU with its name and memory, MPS, the CPU."""
+    found = []
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(index)
+            found.append({"id": f"cuda:{index}", "label": f"cuda:{index} {props.name} ({props.total_memory / 2**30:.0f} GiB)"})
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        found.append({"id": "mps", "label": "mps (Apple GPU)"})
+    flags = " with bf16" if cpu_has_bf16() else ""
+    found.append({"id": "cpu", "label": f"cpu ({torch.get_num_threads()} threads{flags})"})
+    return found
+
+
+def resolve_device(requested: str) -> torch.device:
+    """`auto` picks CUDA, then MPS, then the CPU; anything else must exist here."""
+    ids = [d["id"] for d in available_devices()]
+    if requested == "auto":
+        return torch.device(ids[0])
+    if requested == "cuda" and any(i.startswith("cuda") for i in ids):
+        return torch.device("cuda:0")
+    if requested not in ids:
+        raise ConfigError(f"device {requested!r} is not available on this machine (available: {', '.join(['auto'] + ids)})")
+    return torch.device(requested)
+
+
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """True when the CPU has native bf16 dot products (AVX-512 BF16 or AMX), where bf16 autocast wins."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """`auto` is bf16 autocast on CUDA with bf16 support and on CPUs with bf16 instructions."""
+    if requested == "fp32":
+        return "fp32"
+    supported = bf16_supported(device)
+    if requested == "bf16" and not supported:
+        raise ConfigError(f"train.precision = 'bf16': not supported on {device} here (use 'auto' or 'fp32')")
+    return "bf16" if supported else "fp32"
+
+
+def bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return cpu_has_bf16()
+    return False
+
+
+def memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB

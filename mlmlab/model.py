@@ -1,0 +1,154 @@
+"""A Transformer encoder for masked language modelling, small enough to read top to bottom.
+
+Pre-LayerNorm blocks, learned positions, GELU, a fused QKV projection, attention through
+`scaled_dot_product_attention`, and an output head tied to the token embedding. Weights start
+from BERT's normal(0, 0.02); residual output projections are scaled down by √(2·n_layers) as in
+GPT-2, so deep stacks start near the identity. Unlike the labml reference, embeddings are *not*
+multiplied by √d_model, which would drown the position signal.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mlmlab.masking import IGNORE
+
+
+@dataclass(frozen=True)
+class ModelArgs:
+    vocab_size: int
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    d_ff: int = 512
+    dropout: float = 0.0
+    max_seq_len: int = 128
+    pad_id: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.n_heads = args.n_heads
+        self.qkv = nn.Linear(args.d_model, 3 * args.d_model, bias=False)
+        self.proj = nn.Linear(args.d_model, args.d_model, bias=False)
+        self.dropout = args.dropout
+
+    def split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, C // self.n_heads).permute(2, 0, 3, 1, 4)
+        return q, k, v  # each (B, heads, T, head_dim)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.split_heads(x)
+        dropout = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+    def weights(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        """The attention probabilities (B, heads, T, T), computed explicitly for inspection."""
+        q, k, _ = self.split_heads(x)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+        if attn_mask is not None:
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
+        return scores.softmax(dim=-1)
+
+
+class Block(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(args.d_model)
+        self.attn = SelfAttention(args)
+        self.ln2 = nn.LayerNorm(args.d_model)
+        self.ff_in = nn.Linear(args.d_model, args.d_ff)
+        self.ff_out = nn.Linear(args.d_ff, args.d_model)
+        self.drop = nn.Dropout(args.dropout)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.ln1(x), attn_mask))
+        return x + self.drop(self.ff_out(F.gelu(self.ff_in(self.ln2(x)))))
+
+
+class MaskedLM(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.tok_emb = nn.Embedding(args.vocab_size, args.d_model)
+        self.pos_emb = nn.Embedding(args.max_seq_len, args.d_model)
+        self.drop = nn.Dropout(args.dropout)
+        self.blocks = nn.ModuleList(Block(args) for _ in range(args.n_layers))
+        self.ln_f = nn.LayerNorm(args.d_model)
+        self.head_bias = nn.Parameter(torch.zeros(args.vocab_size))  # the head's weight is tok_emb's
+        self.apply(self._init_weights)
+        for block in self.blocks:
+            for residual_out in (block.attn.proj, block.ff_out):
+                nn.init.normal_(residual_out.weight, std=0.02 / math.sqrt(2 * args.n_layers))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def attention_mask(self, ids: torch.Tensor) -> torch.Tensor | None:
+        """(B, 1, 1, T) keys that are not padding; None when the caller knows there is none."""
+        return (ids != self.args.pad_id)[:, None, None, :]
+
+    def encode(self, ids: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        T = ids.shape[1]
+        x = self.drop(self.tok_emb(ids) + self.pos_emb.weight[:T])
+        for block in self.blocks:
+            x = block(x, attn_mask)
+        return self.ln_f(x)
+
+    def logits_at(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden, self.tok_emb.weight, self.head_bias)
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits and the mean cross-entropy over labelled positions.
+
+        With `positions` (flat indices into B*T of the chosen positions) the output head runs only
+        there: for 15% masking that skips 85% of the head's work. Logits are then (n_chosen, V);
+        without it they are (B, T, V).
+        """
+        hidden = self.encode(ids, attn_mask)
+        if positions is not None:
+            logits = self.logits_at(hidden.reshape(-1, hidden.shape[-1])[positions])
+            targets = labels.reshape(-1)[positions] if labels is not None else None
+        else:
+            logits = self.logits_at(hidden)
+            targets = labels
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE)
+        return logits, loss
+
+    @torch.no_grad()
+    def attention_maps(self, ids: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention probabilities of every layer: (layers, B, heads, T, T)."""
+        T = ids.shape[1]
+        x = self.tok_emb(ids) + self.pos_emb.weight[:T]
+        maps = []
+        for block in self.blocks:
+            maps.append(block.attn.weights(block.ln1(x), attn_mask))
+            x = block(x, attn_mask)
+        return torch.stack(maps)

@@ -1,0 +1,460 @@
+"""The run store: one SQLite database that runs write and everything else reads.
+
+Tables (documented in README.md):
+  runs         one row per run: status, config, vocabulary, pid/host/heartbeat, tags, note
+  metrics      long form: one row per (run, step, name) with tokens seen, elapsed and wall time
+  samples      periodic fixed-prompt predictions, one row per prompt per evaluation
+  checkpoints  one row per checkpoint file on disk
+  run_summary  a view: one row per run with latest/best eval figures
+
+WAL mode and a busy timeout let readers read while several runs write. A connection belongs to the
+thread that opened it (sqlite3's rule): open one `Store` per thread or process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database, Migrations
+
+from mlmlab.errors import StoreError
+
+SCHEMA_VERSION = 1
+STATUSES = ("queued", "running", "completed", "failed", "stopped", "crashed")
+ACTIVE = ("queued", "running")
+HEARTBEAT_TIMEOUT_S = 120.0  # a run on another host that has not beaten for this long reads as crashed
+BUSY_TIMEOUT_MS = 30_000
+DEFAULT_DB = Path("runs") / "mlmlab.db"
+
+migrations = Migrations("mlmlab")
+
+
+@migrations()
+def m001_initial(db: Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE runs (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('queued','running','completed','failed','stopped','crashed')),
+            config TEXT NOT NULL,          -- resolved experiment config, JSON
+            vocab TEXT,                    -- tokenizer vocabulary, JSON
+            run_dir TEXT NOT NULL,         -- checkpoints and log live here
+            created_at REAL NOT NULL,      -- unix seconds
+            started_at REAL,
+            ended_at REAL,
+            heartbeat_at REAL,
+            pid INTEGER,
+            host TEXT,
+            device TEXT,
+            precision TEXT,
+            n_params INTEGER,
+            step INTEGER NOT NULL DEFAULT 0,
+            total_steps INTEGER NOT NULL,
+            tokens INTEGER NOT NULL DEFAULT 0,
+            elapsed REAL NOT NULL DEFAULT 0,  -- training seconds, summed over resumes
+            error TEXT,
+            stop_requested INTEGER NOT NULL DEFAULT 0,
+            tags TEXT NOT NULL DEFAULT '[]',  -- JSON list of strings
+            note TEXT NOT NULL DEFAULT '',
+            command TEXT
+        );
+        CREATE TABLE metrics (
+            id INTEGER PRIMARY KEY,
+            run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            step INTEGER NOT NULL,
+            tokens INTEGER NOT NULL,
+            elapsed REAL NOT NULL,
+            time REAL NOT NULL,
+            name TEXT NOT NULL,
+            value REAL
+        );
+        CREATE INDEX metrics_run_name_step ON metrics (run_id, name, step);
+        CREATE INDEX metrics_run_id ON metrics (run_id, id);
+        CREATE TABLE samples (
+            id INTEGER PRIMARY KEY,
+            run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            step INTEGER NOT NULL,
+            prompt INTEGER NOT NULL,       -- which fixed prompt
+            text TEXT NOT NULL,            -- the original text
+            masked TEXT NOT NULL,          -- what the model saw
+            predicted TEXT NOT NULL,       -- the text with chosen positions filled by the model
+            tokens TEXT NOT NULL,          -- JSON: [[original, shown, predicted, kind], ...]
+            n_chosen INTEGER NOT NULL,
+            n_correct INTEGER NOT NULL
+        );
+        CREATE INDEX samples_run_step ON samples (run_id, step);
+        CREATE TABLE checkpoints (
+            id INTEGER PRIMARY KEY,
+            run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            step INTEGER NOT NULL,
+            path TEXT NOT NULL,
+            bytes INTEGER NOT NULL,
+            tokens INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            eval_loss REAL,
+            eval_acc REAL,
+            UNIQUE (run_id, step)
+        );
+        CREATE VIEW run_summary AS
+        SELECT
+            r.id, r.name,
+            CASE WHEN r.status = 'running' AND r.heartbeat_at < unixepoch('now') - 120 THEN 'crashed'
+                 ELSE r.status END AS status,
+            r.step AS steps, r.total_steps, r.tokens, r.device, r.precision, r.n_params,
+            (SELECT value FROM metrics m WHERE m.run_id = r.id AND m.name = 'train_loss' ORDER BY m.step DESC LIMIT 1) AS train_loss,
+            (SELECT value FROM metrics m WHERE m.run_id = r.id AND m.name = 'eval_loss' ORDER BY m.step DESC LIMIT 1) AS eval_loss,
+            (SELECT min(value) FROM metrics m WHERE m.run_id = r.id AND m.name = 'eval_loss') AS best_eval_loss,
+            (SELECT value FROM metrics m WHERE m.run_id = r.id AND m.name = 'eval_acc' ORDER BY m.step DESC LIMIT 1) AS eval_acc,
+            (SELECT max(value) FROM metrics m WHERE m.run_id = r.id AND m.name = 'eval_acc') AS best_eval_acc,
+            (SELECT value FROM metrics m WHERE m.run_id = r.id AND m.name = 'tokens_per_s' ORDER BY m.step DESC LIMIT 1) AS tokens_per_s,
+            round(r.elapsed, 1) AS duration_s,
+            datetime(r.started_at, 'unixepoch', 'localtime') AS started,
+            datetime(r.ended_at, 'unixepoch', 'localtime') AS ended,
+            r.tags, r.note, r.error
+        FROM runs r;
+        """
+    )
+
+
+def default_db_path() -> Path:
+    return Path(os.environ.get("MLMLAB_DB") or DEFAULT_DB)
+
+
+def this_host() -> str:
+    return socket.gethostname()
+
+
+def pid_alive(pid: int | None) -> bool:
+    """Whether `pid` is a live mlmlab process on this host (guards against pid reuse via cmdline)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # no /proc (macOS): trust kill(0)
+    if b"mlmlab" not in cmdline and b"torchrun" not in cmdline:
+        return False
+    try:  # a zombie has exited; its parent has just not reaped it yet
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def effective_status(run: dict[str, Any], now: float | None = None) -> str:
+    """The stored status, except that an active run whose process is gone reads as crashed."""
+    status = run["status"]
+    if status not in ACTIVE:
+        return status
+    now = time.time() if now is None else now
+    if run.get("host") == this_host() and run.get("pid") and not pid_alive(run["pid"]):
+        return "crashed"
+    beat = run.get("heartbeat_at") or run.get("created_at") or now
+    return "crashed" if now - beat > HEARTBEAT_TIMEOUT_S else status
+
+
+class Store:
+    """A connection to the run database. `readonly=True` opens it so no statement can change it."""
+
+    def __init__(self, path: str | Path | None = None, readonly: bool = False):
+        self.path = Path(path) if path is not None else default_db_path()
+        self.readonly = readonly
+        self.db = Database(self._connect())
+        try:
+            self._prepare()
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise StoreError(f"database {self.path}: {_describe(exc)}") from None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.readonly:
+            if not self.path.is_file():
+                raise StoreError(f"database {self.path}: no such file")
+            uri = f"file:{self.path.resolve()}?mode=ro"
+            conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=True)
+        else:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000)
+            except (OSError, sqlite3.Error) as exc:
+                raise StoreError(f"database {self.path}: cannot open ({_describe(exc)})") from None
+        conn.row_factory = sqlite3.Row
+        return conn
+
+    def _prepare(self) -> None:
+        self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"database {self.path} has schema version {version}, newer than this mlmlab understands "
+                f"({SCHEMA_VERSION}); upgrade mlmlab"
+            )
+        if self.readonly:
+            if version < SCHEMA_VERSION:
+                raise StoreError(f"database {self.path}: not an mlmlab database yet (run `mlmlab run` to create it)")
+            return
+        self.db.execute("PRAGMA journal_mode = WAL")
+        self.db.execute("PRAGMA synchronous = NORMAL")  # with WAL: durable at checkpoints, never corrupt
+        self.db.execute("PRAGMA foreign_keys = ON")
+        if version < SCHEMA_VERSION:
+            if version == 0 and self._has_foreign_tables():
+                raise StoreError(f"database {self.path}: holds tables that are not mlmlab's; choose another --db")
+            migrations.apply(self.db)
+            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _has_foreign_tables(self) -> bool:
+        names = set(self.db.table_names()) - {"_sqlite_migrations"}
+        return bool(names - {"runs", "metrics", "samples", "checkpoints"})
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[None]:
+        try:
+            with self.db.atomic():
+                yield
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"database {self.path}: {_describe(exc)}") from None
+
+    def _query(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
+        try:
+            return [dict(row) for row in self.db.query(sql, list(params))]
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"database {self.path}: {_describe(exc)}") from None
+
+    # --- runs -------------------------------------------------------------------------------
+
+    def run_dir_for(self, run_id: int) -> Path:
+        return self.path.parent / self.path.stem / f"run-{run_id}"
+
+    def create_run(self, *, name: str, config: dict, vocab: dict, total_steps: int, command: str = "") -> int:
+        now = time.time()
+        with self._write():
+            run_id = self.db["runs"].insert(
+                {
+                    "name": name,
+                    "status": "queued",
+                    "config": json.dumps(config),
+                    "vocab": json.dumps(vocab),
+                    "run_dir": "",
+                    "created_at": now,
+                    "heartbeat_at": now,
+                    "pid": os.getpid(),
+                    "host": this_host(),
+                    "total_steps": total_steps,
+                    "command": command,
+                }
+            ).last_pk
+            run_dir = self.run_dir_for(run_id)
+            self.db["runs"].update(run_id, {"run_dir": str(run_dir)})
+        return run_id
+
+    def update_run(self, run_id: int, **fields: Any) -> None:
+        with self._write():
+            self.db["runs"].update(run_id, fields)
+
+    def start_run(self, run_id: int, *, device: str, precision: str, n_params: int) -> None:
+        now = time.time()
+        self.update_run(
+            run_id, status="running", started_at=now, heartbeat_at=now, ended_at=None, error=None,
+            pid=os.getpid(), host=this_host(), device=device, precision=precision, n_params=n_params,
+            stop_requested=0,
+        )
+
+    def finish_run(self, run_id: int, status: str, error: str | None = None) -> None:
+        assert status in STATUSES
+        self.update_run(run_id, status=status, error=error, ended_at=time.time(), heartbeat_at=time.time())
+
+    def run(self, run_id: int) -> dict[str, Any]:
+        rows = self._query("select * from runs where id = ?", [run_id])
+        if not rows:
+            raise StoreError(f"run {run_id} not found in {self.path}")
+        return _decode_run(rows[0])
+
+    def runs(self) -> list[dict[str, Any]]:
+        return [_decode_run(row) for row in self._query("select * from runs order by id")]
+
+    def summaries(self) -> list[dict[str, Any]]:
+        """`run_summary` rows with the status made effective (dead local pids read as crashed)."""
+        runs = {r["id"]: r for r in self.runs()}
+        rows = self._query("select * from run_summary order by id")
+        for row in rows:
+            row["status"] = effective_status(runs[row["id"]])
+            row["tags"] = json.loads(row["tags"] or "[]")
+        return rows
+
+    def find_run(self, ref: str | int) -> dict[str, Any]:
+        """A run by id, or by name (the newest run of that name)."""
+        text = str(ref).strip()
+        if text.isdigit():
+            return self.run(int(text))
+        rows = self._query("select id from runs where name = ? order by id desc limit 1", [text])
+        if not rows:
+            raise StoreError(f"no run with id or name {text!r} in {self.path}")
+        return self.run(rows[0]["id"])
+
+    def mark_crashed(self) -> list[int]:
+        """Persist `crashed` for active runs whose process is gone. Returns their ids."""
+        dead = [r["id"] for r in self.runs() if r["status"] in ACTIVE and effective_status(r) == "crashed"]
+        for run_id in dead:
+            self.update_run(run_id, status="crashed", ended_at=time.time(),
+                            error="the run's process ended without finishing (killed or lost)")
+        return dead
+
+    def request_stop(self, run_id: int) -> None:
+        self.update_run(run_id, stop_requested=1)
+
+    def stop_requested(self, run_id: int) -> bool:
+        rows = self._query("select stop_requested from runs where id = ?", [run_id])
+        return bool(rows and rows[0]["stop_requested"])
+
+    def set_tags(self, run_id: int, tags: list[str]) -> None:
+        clean = sorted({t.strip() for t in tags if t.strip()})
+        self.update_run(run_id, tags=json.dumps(clean))
+
+    def set_note(self, run_id: int, note: str) -> None:
+        self.update_run(run_id, note=note)
+
+    def rename_run(self, run_id: int, name: str) -> None:
+        self.update_run(run_id, name=name)
+
+    def delete_run(self, run_id: int) -> None:
+        """Delete a run's rows and its folder. Refuses while it is training."""
+        run = self.run(run_id)
+        if effective_status(run) in ACTIVE:
+            raise StoreError(f"run {run_id} is {run['status']}; stop it before deleting")
+        with self._write():
+            for table in ("metrics", "samples", "checkpoints"):
+                self.db.execute(f"delete from {table} where run_id = ?", [run_id])
+            self.db.execute("delete from runs where id = ?", [run_id])
+        shutil.rmtree(run["run_dir"], ignore_errors=True)
+
+    # --- metrics, samples, checkpoints --------------------------------------------------------
+
+    def add_metrics(self, rows: list[dict[str, Any]], heartbeat: dict[str, Any] | None = None) -> None:
+        """Insert a batch of metric rows (and beat the heart) in one transaction."""
+        with self._write():
+            if rows:
+                self.db["metrics"].insert_all(rows, batch_size=500)
+            if heartbeat:
+                run_id = heartbeat.pop("run_id")
+                self.db["runs"].update(run_id, {**heartbeat, "heartbeat_at": time.time()})
+
+    def metrics(self, run_id: int, names: Iterable[str] | None = None, after_id: int = 0) -> list[dict[str, Any]]:
+        sql = "select * from metrics where run_id = ? and id > ?"
+        params: list[Any] = [run_id, after_id]
+        names = list(names or [])
+        if names:
+            sql += f" and name in ({','.join('?' * len(names))})"
+            params += names
+        return self._query(sql + " order by id", params)
+
+    def metric_names(self, run_id: int) -> list[str]:
+        return [r["name"] for r in self._query("select distinct name from metrics where run_id = ? order by name", [run_id])]
+
+    def series(self, run_id: int, name: str, x: str = "step", buckets: int = 0) -> list[tuple[float, float]]:
+        """(x, value) points of one metric; with `buckets`, downsampled in SQL keeping min, max, last.
+
+        x is one of step, tokens, elapsed, time. Each bucket contributes its min and max (at their
+        x) and its last point, so spikes survive and the curve ends where the data ends.
+        """
+        if x not in ("step", "tokens", "elapsed", "time"):
+            raise ValueError(f"x axis must be step, tokens, elapsed or time, not {x!r}")
+        base = "select {x} as x, value from metrics where run_id = ? and name = ? and value is not null"
+        if not buckets:
+            rows = self._query(base.format(x=x) + " order by step", [run_id, name])
+            return [(r["x"], r["value"]) for r in rows]
+        sql = f"""
+            with pts as ({base.format(x=x)}),
+            span as (select min(x) lo, max(x) hi from pts),
+            b as (select x, value,
+                         cast((x - span.lo) * ? / (span.hi - span.lo + 1e-12) as integer) as bucket
+                  from pts, span),
+            ranked as (select x, value, bucket,
+                         row_number() over (partition by bucket order by value asc) as rmin,
+                         row_number() over (partition by bucket order by value desc) as rmax,
+                         row_number() over (partition by bucket order by x desc) as rlast
+                       from b)
+            select distinct x, value from ranked where rmin = 1 or rmax = 1 or rlast = 1 order by x
+        """
+        rows = self._query(sql, [run_id, name, buckets])
+        return [(r["x"], r["value"]) for r in rows]
+
+    def add_sample(self, row: dict[str, Any]) -> None:
+        with self._write():
+            self.db["samples"].insert({**row, "tokens": json.dumps(row["tokens"])})
+
+    def samples(self, run_id: int, step: int | None = None) -> list[dict[str, Any]]:
+        if step is None:
+            found = self._query("select max(step) as step from samples where run_id = ?", [run_id])
+            step = found[0]["step"] if found else None
+            if step is None:
+                return []
+        rows = self._query("select * from samples where run_id = ? and step = ? order by prompt", [run_id, step])
+        for row in rows:
+            row["tokens"] = json.loads(row["tokens"])
+        return rows
+
+    def add_checkpoint(self, row: dict[str, Any]) -> None:
+        with self._write():
+            self.db.execute(
+                "insert or replace into checkpoints (run_id, step, path, bytes, tokens, created_at, eval_loss, eval_acc)"
+                " values (:run_id, :step, :path, :bytes, :tokens, :created_at, :eval_loss, :eval_acc)",
+                row,
+            )
+
+    def remove_checkpoint(self, run_id: int, step: int) -> None:
+        with self._write():
+            self.db.execute("delete from checkpoints where run_id = ? and step = ?", [run_id, step])
+
+    def checkpoints(self, run_id: int) -> list[dict[str, Any]]:
+        return self._query("select * from checkpoints where run_id = ? order by step", [run_id])
+
+    def truncate_after(self, run_id: int, step: int) -> int:
+        """Delete metrics and samples logged after `step` (by a run that died past its checkpoint)."""
+        with self._write():
+            removed = self.db.execute("delete from metrics where run_id = ? and step > ?", [run_id, step]).rowcount
+            self.db.execute("delete from samples where run_id = ? and step > ?", [run_id, step])
+            self.db.execute("delete from checkpoints where run_id = ? and step > ?", [run_id, step])
+        return removed
+
+
+def _decode_run(row: dict[str, Any]) -> dict[str, Any]:
+    row = dict(row)
+    row["config"] = json.loads(row["config"])
+    row["vocab"] = json.loads(row["vocab"]) if row.get("vocab") else None
+    row["tags"] = json.loads(row.get("tags") or "[]")
+    return row
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    if "file is not a database" in text or "malformed" in text:
+        return "not an SQLite database, or corrupt"
+    if "readonly" in text or "read-only" in text:
+        return "read-only (cannot write)"
+    if "unable to open" in text:
+        return "cannot open the file (missing folder or no permission)"
+    return text

@@ -1,0 +1,71 @@
+"""Char-level tokenizer with special tokens; its vocabulary travels with every run and checkpoint.
+
+Special tokens take the first ids so that "a real token" is simply `id >= N_SPECIAL`, which makes
+masking's random replacement and its special-token checks one comparison.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+from mlmlab.errors import DataError
+
+PAD, MASK, UNK = "[PAD]", "[MASK]", "[UNK]"
+SPECIAL_TOKENS = (PAD, MASK, UNK)
+PAD_ID, MASK_ID, UNK_ID = 0, 1, 2
+N_SPECIAL = len(SPECIAL_TOKENS)
+
+
+class CharTokenizer:
+    kind = "char"
+
+    def __init__(self, chars: Iterable[str]):
+        self.chars = list(chars)
+        self.itos = list(SPECIAL_TOKENS) + self.chars
+        self.stoi = {ch: i for i, ch in enumerate(self.itos) if i >= N_SPECIAL}
+        if len(self.stoi) != len(self.chars) or any(len(ch) != 1 for ch in self.chars):
+            raise DataError("char vocabulary must hold distinct single characters")
+
+    @classmethod
+    def from_text(cls, text: str) -> "CharTokenizer":
+        """Vocabulary of every character in `text`, most frequent first (ties by code point)."""
+        counts = Counter(text)
+        return cls(sorted(counts, key=lambda ch: (-counts[ch], ch)))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.itos)
+
+    def encode(self, text: str) -> list[int]:
+        return [self.stoi.get(ch, UNK_ID) for ch in text]
+
+    def decode(self, ids: Iterable[int], specials: bool = True) -> str:
+        return "".join(self.token(i) for i in ids if specials or i >= N_SPECIAL)
+
+    def token(self, token_id: int) -> str:
+        return self.itos[token_id]
+
+    def ids_of(self, tokens: Iterable[str]) -> list[int]:
+        """Ids of the given tokens that are in the vocabulary (special tokens by name)."""
+        lookup = {tok: i for i, tok in enumerate(self.itos)}
+        return [lookup[t] for t in tokens if t in lookup]
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "chars": "".join(self.chars)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CharTokenizer":
+        if not isinstance(data, dict) or data.get("kind") != cls.kind or not isinstance(data.get("chars"), str):
+            raise DataError("saved vocabulary is not a char vocabulary")
+        return cls(data["chars"])
+
+
+def build_tokenizer(kind: str, text: str) -> CharTokenizer:
+    if kind != "char":
+        raise DataError(f"data.tokenizer = {kind!r}: must be 'char'")
+    return CharTokenizer.from_text(text)
+
+
+def tokenizer_from_dict(data: dict) -> CharTokenizer:
+    return CharTokenizer.from_dict(data)
