@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import sys
 from pathlib import Path
 
@@ -134,18 +132,14 @@ def format_runs_table(rows: list[dict]) -> str:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from mlmlab.store import ACTIVE, Store, effective_status, this_host
+    from mlmlab.store import ACTIVE, Store, effective_status, signal_stop
 
     with Store(db_path(args)) as store:
         run = store.find_run(args.run)
         if effective_status(run) not in ACTIVE:
             raise MlmlabError(f"run {run['id']} is {effective_status(run)}, not running")
         store.request_stop(run["id"])
-    if run["host"] == this_host() and run["pid"]:
-        try:
-            os.kill(run["pid"], signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+    signal_stop(run)
     print(f"asked run {run['id']} to stop; it checkpoints first")
     return 0
 

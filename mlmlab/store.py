@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import sqlite3
 import time
@@ -156,6 +157,21 @@ def pid_alive(pid: int | None) -> bool:
         return True
 
 
+def signal_stop(run: dict[str, Any]) -> bool:
+    """SIGTERM a run's process when it lives on this host: it finishes the step, checkpoints, ends `stopped`.
+
+    Pair it with `Store.request_stop`, which also reaches runs on other hosts at their next flush.
+    Returns whether a signal was sent.
+    """
+    if run.get("host") != this_host() or not pid_alive(run.get("pid")):
+        return False
+    try:
+        os.kill(run["pid"], signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def effective_status(run: dict[str, Any], now: float | None = None) -> str:
     """The stored status, except that an active run whose process is gone reads as crashed."""
     status = run["status"]
@@ -169,11 +185,16 @@ def effective_status(run: dict[str, Any], now: float | None = None) -> str:
 
 
 class Store:
-    """A connection to the run database. `readonly=True` opens it so no statement can change it."""
+    """A connection to the run database. `readonly=True` opens it so no statement can change it.
 
-    def __init__(self, path: str | Path | None = None, readonly: bool = False):
+    `busy_timeout_ms` is how long a statement waits for a lock: writers wait long, an interactive
+    reader may prefer to fail fast and say the database is locked.
+    """
+
+    def __init__(self, path: str | Path | None = None, readonly: bool = False, busy_timeout_ms: int = BUSY_TIMEOUT_MS):
         self.path = Path(path) if path is not None else default_db_path()
         self.readonly = readonly
+        self.busy_timeout_ms = busy_timeout_ms
         self.db = Database(self._connect())
         try:
             self._prepare()
@@ -186,18 +207,18 @@ class Store:
             if not self.path.is_file():
                 raise StoreError(f"database {self.path}: no such file")
             uri = f"file:{self.path.resolve()}?mode=ro"
-            conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=True)
+            conn = sqlite3.connect(uri, uri=True, timeout=self.busy_timeout_ms / 1000, check_same_thread=True)
         else:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000)
+                conn = sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000)
             except (OSError, sqlite3.Error) as exc:
                 raise StoreError(f"database {self.path}: cannot open ({_describe(exc)})") from None
         conn.row_factory = sqlite3.Row
         return conn
 
     def _prepare(self) -> None:
-        self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        self.db.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise StoreError(
@@ -296,13 +317,30 @@ class Store:
     def runs(self) -> list[dict[str, Any]]:
         return [_decode_run(row) for row in self._query("select * from runs order by id")]
 
-    def summaries(self) -> list[dict[str, Any]]:
-        """`run_summary` rows with the status made effective (dead local pids read as crashed)."""
-        runs = {r["id"]: r for r in self.runs()}
-        rows = self._query("select * from run_summary order by id")
+    def summaries(self, ids: Iterable[int] | None = None) -> list[dict[str, Any]]:
+        """`run_summary` rows (all, or those of `ids`) with the status made effective (dead local pids read as crashed)."""
+        where, params = "", []
+        if ids is not None:
+            params = list(ids)
+            where = f" where id in ({','.join('?' * len(params))})"
+        states = {r["id"]: r for r in self.run_states()}
+        rows = self._query(f"select * from run_summary{where} order by id", params)
         for row in rows:
-            row["status"] = effective_status(runs[row["id"]])
+            row["status"] = states[row["id"]]["status"] if row["id"] in states else row["status"]
             row["tags"] = json.loads(row["tags"] or "[]")
+        return rows
+
+    def run_states(self) -> list[dict[str, Any]]:
+        """One lean row per run (no config, vocabulary or metrics): cheap enough to poll every second.
+
+        Readers compare these rows between polls to find the runs that changed; `status` is effective.
+        """
+        rows = self._query(
+            "select id, name, status, step, total_steps, tokens, elapsed, created_at, started_at, ended_at,"
+            " heartbeat_at, pid, host, stop_requested, tags, note from runs order by id"
+        )
+        for row in rows:
+            row["status"] = effective_status(row)
         return rows
 
     def find_run(self, ref: str | int) -> dict[str, Any]:
@@ -370,6 +408,32 @@ class Store:
             sql += f" and name in ({','.join('?' * len(names))})"
             params += names
         return self._query(sql + " order by id", params)
+
+    def last_metric_id(self, run_id: int) -> int:
+        """The id of the newest metric row of a run (0 if none): where an incremental reader starts."""
+        rows = self._query("select max(id) as id from metrics where run_id = ?", [run_id])
+        return rows[0]["id"] or 0
+
+    def metric_stats(self, run_id: int, names: Iterable[str], at_step: int | None = None) -> dict[str, dict[str, Any]]:
+        """Per metric: last value and its step, min, max, and the value at `at_step` (the latest at or before it).
+
+        Aggregated in SQL so a long run costs one index range scan per metric, not a transfer of its rows.
+        """
+        stats: dict[str, dict[str, Any]] = {}
+        for name in names:
+            step = at_step if at_step is not None else -1
+            rows = self._query(
+                "select min(value) as min, max(value) as max, count(value) as n,"
+                " (select value from metrics where run_id = ?1 and name = ?2 order by step desc limit 1) as last,"
+                " (select max(step) from metrics where run_id = ?1 and name = ?2) as last_step,"
+                " (select value from metrics where run_id = ?1 and name = ?2 and step <= ?3 order by step desc limit 1) as at,"
+                " (select step from metrics where run_id = ?1 and name = ?2 and step <= ?3 order by step desc limit 1) as at_step"
+                " from metrics where run_id = ?1 and name = ?2",
+                [run_id, name, step],
+            )
+            if rows and rows[0]["n"]:
+                stats[name] = rows[0]
+        return stats
 
     def metric_names(self, run_id: int) -> list[str]:
         return [r["name"] for r in self._query("select distinct name from metrics where run_id = ? order by name", [run_id])]
