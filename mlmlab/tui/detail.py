@@ -1,0 +1,306 @@
+"""One run in full: status and timing, live plots, the latest samples, its log and its config."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid, VerticalScroll
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Log, Static, TabbedContent, TabPane
+
+from mlmlab.tui.formatting import (SMOOTHING, X_AXES, X_LABELS, fmt_duration, fmt_num, fmt_tokens, progress_text,
+                                   run_duration, run_eta, sample_lines, status_text)
+from mlmlab.tui.plots import Line, MetricPlot, SeriesBook
+from mlmlab.tui.reader import DetailPoll, DetailRequest, poll_detail
+
+# plot id -> (title, [(metric, label, colour)], smoothed)
+PLOTS = {
+    "plot-loss": ("loss", [("train_loss", "train", "cyan"), ("eval_loss", "eval", "orange")], True),
+    "plot-acc": ("eval accuracy", [("eval_acc", "", "green")], True),
+    "plot-lr": ("learning rate", [("lr", "", "magenta")], False),
+    "plot-speed": ("tokens/s", [("tokens_per_s", "", "blue")], True),
+}
+LOG_LINES = 2000
+GUIDE = """x switches the plots' x axis (step, tokens seen, training time); z cycles smoothing.
+Curves are downsampled in SQL to the plot's width (each bucket keeps its min, max and last point) and then
+extended with new rows only. Samples show what the model saw (▒ = [MASK], yellow = random token,
+underlined = kept) and what it predicted: green right, red wrong, dim = not chosen."""
+
+
+class RunDetailScreen(Screen):
+    BINDINGS = [
+        Binding("escape,backspace", "back", "Back"),
+        Binding("s", "stop", "Stop"),
+        Binding("r", "resume", "Resume"),
+        Binding("t", "tags", "Tags/note"),
+        Binding("x", "x_axis", "X axis"),
+        Binding("z", "smoothing", "Smooth"),
+        Binding("m", "explorer", "Mask explorer"),
+        Binding("1", "tab('plots')", "Plots tab", show=False),
+        Binding("2", "tab('samples')", "Samples tab", show=False),
+        Binding("3", "tab('log')", "Log tab", show=False),
+        Binding("4", "tab('config')", "Config tab", show=False),
+        Binding("question_mark", "help", "Help"),
+        Binding("q", "app.quit", "Quit", show=False),
+    ]
+
+    class Polled(Message):
+        def __init__(self, poll: DetailPoll) -> None:
+            super().__init__()
+            self.poll = poll
+
+    def __init__(self, run_id: int) -> None:
+        super().__init__()
+        self.run_id = run_id
+        self.x_axis = "step"
+        self.smoothing = 0.0
+        self.book = SeriesBook()
+        self.generation = 0  # bumped when the plots must be re-read from scratch (x axis, resume)
+        self.polling = False
+        self.run: dict[str, Any] | None = None
+        self.summary: dict[str, Any] | None = None
+        self.stamp = None
+        self.sample_step: int | None = None
+        self.log_offset = 0
+        self.config_json = ""
+        self.error: str | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="detail-head")
+        yield Static(id="detail-error", classes="banner-error")
+        with TabbedContent(id="detail-tabs", initial="plots"):
+            with TabPane("Plots 1", id="plots"):
+                yield Static(id="plot-state", classes="plot-state")
+                with Grid(id="plot-grid"):
+                    for plot_id, (title, _lines, _smoothed) in PLOTS.items():
+                        yield MetricPlot(title, id=plot_id)
+            with TabPane("Samples 2", id="samples"):
+                with VerticalScroll():
+                    yield Static(Text("no samples yet: they come with each evaluation", style="dim"), id="samples-text")
+            with TabPane("Log 3", id="log"):
+                yield Static(id="log-note", classes="field-note")
+                yield Log(id="log-view", max_lines=LOG_LINES, auto_scroll=True)
+            with TabPane("Config 4", id="config"):
+                yield DataTable(id="config-table", cursor_type="row", zebra_stripes=True)
+                yield Static(id="checkpoints")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#config-table", DataTable)
+        table.add_columns("key", "value", "about")
+        self.query_one("#detail-error").display = False
+        self.update_plot_state()
+        self.query_one("#detail-head", Static).update(Text(f"run {self.run_id}: reading…", style="dim"))
+        self.poll()
+        self.set_interval(self.app.poll_interval, self.poll)
+
+    # --- polling -------------------------------------------------------------------------------------
+
+    def buckets(self) -> int:
+        width = self.query_one("#plot-loss", MetricPlot).size.width
+        return max(60, width or 100)
+
+    def poll(self) -> None:
+        if self.polling:
+            return
+        self.polling = True
+        request = DetailRequest(self.run_id, self.x_axis, self.buckets(), self.book.last_id.get(self.run_id, 0),
+                                self.sample_step, self.log_offset, self.stamp, self.generation)
+        self._poll(request)
+
+    @work(thread=True, group="detail-poll", exit_on_error=False, description="reading the run")
+    def _poll(self, request: DetailRequest) -> None:
+        self.post_message(self.Polled(poll_detail(self.app.db_path, request)))
+
+    @on(Polled)
+    def apply_poll(self, message: Polled) -> None:
+        self.polling = False
+        poll = message.poll
+        self.error = poll.error
+        banner = self.query_one("#detail-error", Static)
+        banner.display = poll.error is not None
+        if poll.error:
+            banner.update(Text(f"{poll.error}\n(showing what was read before; retrying every second)"))
+            return
+        self.run, self.summary, self.stamp = poll.run, poll.summary, poll.stamp
+        self.update_head()
+        if poll.series is not None and poll.request.generation == self.generation:
+            self.book.apply(self.run_id, poll.series, poll.request.buckets)
+            if poll.series.full or any(poll.series.points.values()):
+                self.update_plots()
+        if poll.samples is not None:
+            self.sample_step = poll.samples[0]["step"]
+            self.show_samples(poll.samples)
+        if poll.log is not None:
+            self.show_log(poll.log)
+        self.show_config(poll.checkpoints)
+
+    # --- drawing -------------------------------------------------------------------------------------
+
+    def update_head(self) -> None:
+        run, summary = self.run, self.summary or {}
+        if run is None:
+            return
+        now = time.time()
+        train = run["config"].get("train", {})
+        head = Text()
+        head.append(f"#{run['id']} ", style="bold")
+        head.append(run["name"], style="bold")
+        head.append("  ")
+        head.append_text(status_text(run["status"]))
+        if run.get("stop_requested") and run["status"] in ("queued", "running"):
+            head.append("  stopping…", style="yellow")
+        params = f"{run['n_params'] / 1e6:.2f}M params" if run.get("n_params") else "params -"
+        head.append(f"   {run.get('device') or '-'} · {run.get('precision') or '-'} · {params}"
+                    f" · pid {run.get('pid') or '-'} on {run.get('host') or '-'}\n", style="dim")
+        head.append_text(progress_text(run["step"], run["total_steps"], width=24))
+        head.append(f"   tokens {fmt_tokens(run.get('tokens'))} · duration {fmt_duration(run_duration(run, now))}")
+        eta = run_eta(run, train.get("max_minutes") or 0)
+        if eta is not None:
+            head.append(f" · ETA {fmt_duration(eta)}", style="bold")
+        head.append("\n")
+        head.append(f"train loss {fmt_num(summary.get('train_loss'), '.3f')} · eval loss "
+                    f"{fmt_num(summary.get('eval_loss'), '.3f')} (best {fmt_num(summary.get('best_eval_loss'), '.3f')})"
+                    f" · eval acc {fmt_num(summary.get('eval_acc'), '.1%')} (best {fmt_num(summary.get('best_eval_acc'), '.1%')})"
+                    f" · {fmt_num(summary.get('tokens_per_s'), ',.0f')} tok/s\n")
+        head.append("tags ", style="dim")
+        head.append(" ".join(run.get("tags") or []) or "-", style="italic")
+        head.append("  note ", style="dim")
+        head.append((run.get("note") or "-").replace("\n", " ⏎ "), style="italic")
+        if run.get("error") and run["status"] in ("failed", "crashed", "stopped"):
+            head.append("\n")
+            head.append(f"error: {run['error']}", style="bold red")
+        elif run["status"] == "crashed":
+            head.append("\n")
+            head.append("error: the run's process is gone without finishing (killed, out of memory, or the machine "
+                        "restarted); r resumes from its last checkpoint", style="bold red")
+        self.query_one("#detail-head", Static).update(head)
+
+    def update_plots(self) -> None:
+        with self.app.batch_update():
+            for plot_id, (_title, lines, smoothed) in PLOTS.items():
+                plot = self.query_one(f"#{plot_id}", MetricPlot)
+                plot.show([Line(label, color, self.book.get(self.run_id, metric)) for metric, label, color in lines],
+                          self.x_axis, self.smoothing if smoothed else 0.0)
+
+    def update_plot_state(self) -> None:
+        state = Text()
+        state.append("x: ", style="dim")
+        state.append(X_LABELS[self.x_axis], style="bold")
+        state.append(" (x)   smoothing: ", style="dim")
+        state.append(f"{self.smoothing:g}" if self.smoothing else "off", style="bold")
+        state.append(" (z)", style="dim")
+        self.query_one("#plot-state", Static).update(state)
+
+    def show_samples(self, samples: list[dict[str, Any]]) -> None:
+        text = Text()
+        right = sum(s["n_correct"] for s in samples)
+        chosen = sum(s["n_chosen"] for s in samples)
+        text.append(f"step {samples[0]['step']}: {right} of {chosen} chosen positions right\n", style="bold")
+        text.append("legend: ", style="dim")
+        text.append("▒", style="reverse")
+        text.append(" [MASK]  ", style="dim")
+        text.append("x", style="bold yellow")
+        text.append(" random  ", style="dim")
+        text.append("x", style="underline")
+        text.append(" kept  →  ", style="dim")
+        text.append("right", style="bold green")
+        text.append(" ")
+        text.append("wrong", style="bold white on red")
+        text.append(" unmasked\n\n", style="dim")
+        for sample in samples:
+            seen, predicted = sample_lines(sample["tokens"])
+            text.append(f"#{sample['prompt']} {sample['n_correct']}/{sample['n_chosen']}\n", style="dim")
+            text.append("  in  ", style="dim")
+            text.append_text(seen)
+            text.append("\n  out ", style="dim")
+            text.append_text(predicted)
+            text.append("\n\n")
+        self.query_one("#samples-text", Static).update(text)
+
+    def show_log(self, log) -> None:  # log: reader.LogRead
+        view = self.query_one("#log-view", Log)
+        note = self.query_one("#log-note", Static)
+        note.display = bool(log.note)
+        if log.note:
+            note.update(Text(log.note, style="yellow"))
+        if log.reset:
+            view.clear()
+        if log.lines:
+            view.write_lines(log.lines)
+        self.log_offset = log.offset
+
+    def show_config(self, checkpoints: list[dict[str, Any]]) -> None:
+        from mlmlab.config import describe, flatten
+
+        run = self.run
+        if run is None:
+            return
+        config_json = json.dumps(run["config"], sort_keys=True)
+        if config_json != self.config_json:
+            self.config_json = config_json
+            table = self.query_one("#config-table", DataTable)
+            table.clear()
+            for key, value in flatten(run["config"]).items():
+                try:
+                    about = describe(key)
+                except (KeyError, AttributeError, ValueError):
+                    about = ""
+                table.add_row(Text(key), Text(repr(value) if isinstance(value, str) else str(value)), Text(about, style="dim"))
+        text = Text()
+        text.append(f"folder {run['run_dir']}\n", style="dim")
+        if run.get("command"):
+            text.append(f"command {run['command']}\n", style="dim")
+        text.append(f"{len(checkpoints)} checkpoints", style="bold")
+        for ck in checkpoints[-5:]:
+            text.append(f"\n  step {ck['step']}: eval loss {fmt_num(ck.get('eval_loss'), '.3f')}, "
+                        f"acc {fmt_num(ck.get('eval_acc'), '.1%')}, {fmt_tokens(ck['bytes'])}B")
+        self.query_one("#checkpoints", Static).update(text)
+
+    # --- actions -------------------------------------------------------------------------------------
+
+    def action_back(self) -> None:
+        self.dismiss()
+
+    def action_stop(self) -> None:
+        self.app.stop_run(self.run_id)
+
+    def action_resume(self) -> None:
+        self.app.resume_run(self.run_id)
+
+    def action_tags(self) -> None:
+        self.app.edit_tags(self.run_id)
+
+    def action_explorer(self) -> None:
+        self.app.open_explorer(self.run_id)
+
+    def action_tab(self, tab: str) -> None:
+        self.query_one("#detail-tabs", TabbedContent).active = tab
+
+    def action_x_axis(self) -> None:
+        self.x_axis = X_AXES[(X_AXES.index(self.x_axis) + 1) % len(X_AXES)]
+        self.restart_series()
+
+    def restart_series(self) -> None:
+        self.generation += 1
+        self.book.reset()
+        self.update_plot_state()
+        if not self.polling:
+            self.poll()
+
+    def action_smoothing(self) -> None:
+        self.smoothing = SMOOTHING[(SMOOTHING.index(self.smoothing) + 1) % len(SMOOTHING)]
+        self.update_plot_state()
+        self.update_plots()
+
+    def action_help(self) -> None:
+        from mlmlab.tui.modals import HelpScreen
+
+        self.app.push_screen(HelpScreen(self, GUIDE))

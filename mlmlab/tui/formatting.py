@@ -1,0 +1,181 @@
+"""Pure helpers that turn run data into Rich `Text`: statuses, bars, durations, samples, smoothing.
+
+Everything here builds `Text` objects, never markup strings: a BERT tool shows `[MASK]`, which
+markup would swallow as a tag.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from rich.text import Text
+
+STATUS_STYLES = {
+    "queued": "yellow",
+    "running": "bold green",
+    "completed": "cyan",
+    "stopped": "magenta",
+    "failed": "bold white on red",
+    "crashed": "bold white on dark_red",
+}
+STATUS_MARKS = {"queued": "◌", "running": "▶", "completed": "✓", "stopped": "■", "failed": "✗", "crashed": "✗"}
+
+# One colour per run in overlaid plots (plotext colour names) and the same colour in Rich legends.
+RUN_COLORS = ["cyan", "orange", "green", "magenta", "blue", "red", "yellow", "white"]
+RICH_COLORS = ["cyan", "dark_orange", "green", "magenta", "blue", "red", "yellow", "white"]
+
+X_AXES = ("step", "tokens", "elapsed")
+X_LABELS = {"step": "step", "tokens": "tokens seen", "elapsed": "training time (min)"}
+SMOOTHING = (0.0, 0.6, 0.9, 0.97)
+
+
+def status_text(status: str) -> Text:
+    return Text(f"{STATUS_MARKS.get(status, '?')} {status}", style=STATUS_STYLES.get(status, ""))
+
+
+def progress_text(step: int, total: int, width: int = 10) -> Text:
+    """A bar of `width` cells plus `step/total`; eighth blocks give sub-cell resolution."""
+    fraction = 0.0 if not total else max(0.0, min(1.0, step / total))
+    eighths = round(fraction * width * 8)
+    full, part = divmod(eighths, 8)
+    bar = "█" * full + ("▏▎▍▌▋▊▉"[part - 1] if part else "")
+    text = Text(bar.ljust(width), style="green" if fraction >= 1 else "blue")
+    text.append(f" {step}/{total}", style="")
+    return text
+
+
+def fmt_num(value: Any, spec: str, missing: str = "-") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return missing
+    return format(value, spec)
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None or seconds < 0 or not math.isfinite(seconds):
+        return "-"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def fmt_tokens(value: float | None) -> str:
+    if value is None:
+        return "-"
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= size:
+            return f"{value / size:.1f}{unit}"
+    return f"{value:.0f}"
+
+
+def run_duration(state: dict[str, Any], now: float | None = None) -> float | None:
+    """Training seconds so far; a running run's figure grows between its heartbeats."""
+    elapsed = state.get("elapsed") or 0.0
+    if state.get("status") == "running" and state.get("heartbeat_at"):
+        now = time.time() if now is None else now
+        return elapsed + max(0.0, min(now - state["heartbeat_at"], 60.0))
+    return elapsed if state.get("started_at") else None
+
+
+def run_eta(state: dict[str, Any], max_minutes: float = 0.0) -> float | None:
+    """Seconds left for an active run: steps left at the rate so far, capped by train.max_minutes."""
+    if state.get("status") not in ("running", "queued"):
+        return None
+    step, total, elapsed = state.get("step") or 0, state.get("total_steps") or 0, state.get("elapsed") or 0.0
+    if step <= 0 or elapsed <= 0:
+        return None
+    eta = (total - step) * elapsed / step
+    if max_minutes:
+        eta = min(eta, max(0.0, max_minutes * 60 - elapsed))
+    return eta
+
+
+def visible_token(token: str, chosen: bool = False) -> str:
+    """One printable cell for a token: line breaks and tabs made visible, specials abbreviated.
+
+    At chosen positions a space is shown as ␣ too, so a predicted space is seen, not missed.
+    """
+    if chosen and token == " ":
+        return "␣"
+    return {"\n": "⏎", "\t": "⇥", "[MASK]": "▒", "[PAD]": "·", "[UNK]": "?"}.get(token, token)
+
+
+def sample_lines(tokens: Sequence[Sequence[str]]) -> tuple[Text, Text]:
+    """(what the model saw, what it predicted) for one sample, as in the reference's `sample()`.
+
+    The input line shows `[MASK]` as ▒ on a reverse background, random replacements in yellow and
+    kept-but-chosen tokens underlined. The output line shows every chosen position's prediction
+    green when right and red when wrong; unmasked positions are dim.
+    """
+    seen, predicted = Text(), Text()
+    for original, shown, guess, kind in tokens:
+        if kind == "none":
+            seen.append(visible_token(shown), style="dim")
+            predicted.append(visible_token(original), style="dim")
+            continue
+        seen.append(visible_token(shown, chosen=True), style={"mask": "reverse", "random": "bold yellow"}.get(kind, "underline"))
+        right = guess == original
+        predicted.append(visible_token(guess, chosen=True), style="bold green" if right else "bold white on red")
+    return seen, predicted
+
+
+def smooth(values: Sequence[float], weight: float) -> list[float]:
+    """TensorBoard's debiased exponential moving average; weight 0 returns the values unchanged."""
+    if not weight:
+        return list(values)
+    out, last, norm = [], 0.0, 0.0
+    for value in values:
+        last = last * weight + (1 - weight) * value
+        norm = norm * weight + (1 - weight)
+        out.append(last / norm)
+    return out
+
+
+def x_value(x_axis: str, value: float) -> float:
+    """Plot units for an x axis: elapsed seconds are shown in minutes."""
+    return value / 60 if x_axis == "elapsed" else value
+
+
+def config_diff(configs: Sequence[dict[str, Any]]) -> list[tuple[str, list[Any]]]:
+    """Keys (flattened, sorted) whose values are not all the same across the configs."""
+    from mlmlab.config import flatten
+
+    flat = [flatten(cfg) for cfg in configs]
+    keys = sorted(set().union(*flat)) if flat else []
+    missing = object()
+    rows = []
+    for key in keys:
+        values = [f.get(key, missing) for f in flat]
+        if any(v != values[0] for v in values[1:]):
+            rows.append((key, [None if v is missing else v for v in values]))
+    return rows
+
+
+def bucket_points(points: Sequence[tuple[float, float]], buckets: int) -> list[tuple[float, float]]:
+    """The store's SQL downsampling done in memory: per x bucket keep min, max and last point.
+
+    Used when live-appended points outgrow the plot, so a long-open screen stays as faithful as a
+    fresh SQL read without re-reading the run.
+    """
+    if buckets <= 0 or len(points) <= 3 * buckets:
+        return list(points)
+    lo, hi = points[0][0], points[-1][0]
+    span = (hi - lo) or 1e-12
+    chosen: dict[int, dict[str, tuple[int, tuple[float, float]]]] = {}
+    for index, point in enumerate(points):
+        bucket = int((point[0] - lo) * buckets / (span + 1e-12))
+        slot = chosen.setdefault(bucket, {"min": (index, point), "max": (index, point), "last": (index, point)})
+        if point[1] < slot["min"][1][1]:
+            slot["min"] = (index, point)
+        if point[1] > slot["max"][1][1]:
+            slot["max"] = (index, point)
+        slot["last"] = (index, point)
+    keep = sorted({entry for slot in chosen.values() for entry in slot.values()})
+    return [point for _, point in keep]

@@ -1,0 +1,88 @@
+"""Live metric plots: a `PlotextPlot` that holds its lines and replots on new data, axis or smoothing.
+
+Points arrive already downsampled (in SQL on the first read, then appended and re-bucketed in memory
+when they outgrow the plot), so a plot never builds more than a few hundred points per line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from textual_plotext import PlotextPlot
+
+from mlmlab.tui.formatting import X_LABELS, bucket_points, smooth, x_value
+
+Points = list[tuple[float, float]]
+
+
+@dataclass
+class Line:
+    label: str
+    color: str
+    points: Points = field(default_factory=list)
+
+
+class SeriesBook:
+    """Points per (run, metric) kept by a screen: replaced on a full read, extended on an incremental one."""
+
+    def __init__(self) -> None:
+        self.points: dict[tuple[int, str], Points] = {}
+        self.last_id: dict[int, int] = {}
+
+    def reset(self) -> None:
+        self.points.clear()
+        self.last_id.clear()
+
+    def apply(self, run_id: int, read, buckets: int) -> None:  # read: reader.SeriesRead
+        for name, new in read.points.items():
+            key = (run_id, name)
+            if read.full:
+                self.points[key] = list(new)
+            elif new:
+                merged = self.points.setdefault(key, []) + new
+                self.points[key] = bucket_points(merged, buckets)
+        self.last_id[run_id] = read.last_id
+
+    def get(self, run_id: int, name: str) -> Points:
+        return self.points.get((run_id, name), [])
+
+    def total_points(self) -> int:
+        return sum(len(p) for p in self.points.values())
+
+
+class MetricPlot(PlotextPlot):
+    """One metric (or a few) against step, tokens or time, with optional smoothing and a legend."""
+
+    def __init__(self, title: str, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self.title = title
+        self.lines: list[Line] = []
+        self.x_axis = "step"
+        self.smoothing = 0.0
+
+    def show(self, lines: Sequence[Line], x_axis: str, smoothing: float) -> None:
+        self.lines, self.x_axis, self.smoothing = list(lines), x_axis, smoothing
+        self.replot()
+
+    @property
+    def n_points(self) -> int:
+        return sum(len(line.points) for line in self.lines)
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.replot()
+
+    def replot(self) -> None:
+        plt = self.plt
+        plt.clear_data()
+        has_data = any(line.points for line in self.lines)
+        plt.title(self.title if has_data else f"{self.title} (no data yet)")
+        plt.xlabel(X_LABELS[self.x_axis])
+        for line in self.lines:
+            if not line.points:
+                continue
+            xs = [x_value(self.x_axis, x) for x, _ in line.points]
+            ys = smooth([y for _, y in line.points], self.smoothing)
+            plt.plot(xs, ys, label=line.label or None, color=line.color, marker="braille")
+        self.refresh()

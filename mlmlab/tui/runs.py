@@ -1,0 +1,383 @@
+"""The runs screen: every run in the database, live, sortable and filterable."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Center, Horizontal, Vertical
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Input, Static
+
+from mlmlab.tui.formatting import fmt_duration, fmt_num, progress_text, run_duration, status_text
+from mlmlab.tui.reader import RunsPoll, Stamp, poll_runs
+
+COLUMNS = [
+    ("mark", " "), ("id", "id"), ("name", "name"), ("status", "status"), ("progress", "progress"),
+    ("train_loss", "train loss"), ("eval_loss", "eval loss"), ("eval_acc", "eval acc"), ("tok_s", "tok/s"),
+    ("device", "device"), ("started", "started"), ("duration", "duration"), ("tags", "tags"),
+]
+SORTS = ["id", "name", "status", "progress", "eval_loss", "eval_acc", "started"]
+STATUS_FILTERS = {
+    "all": None,
+    "active": {"queued", "running"},
+    "completed": {"completed"},
+    "stopped": {"stopped"},
+    "failed/crashed": {"failed", "crashed"},
+}
+GUIDE = """Runs live in one SQLite database; this table polls it every second, reading only what changed.
+Filter with /: words match name, tags, note and device; status:running, tag:baseline or #baseline narrow further.
+Mark runs with space, then c compares them. Runs train as their own processes: quitting leaves them training."""
+
+
+@dataclass
+class RunRow:
+    """What one table row shows: the lean state (every poll) joined with the summary (when it changed)."""
+
+    state: dict[str, Any]
+    summary: dict[str, Any]
+
+    @property
+    def id(self) -> int:
+        return self.state["id"]
+
+    def sort_key(self, column: str) -> Any:
+        s, m = self.state, self.summary
+        if column == "progress":
+            return s["step"] / s["total_steps"] if s["total_steps"] else 0
+        if column in ("eval_loss", "eval_acc"):
+            value = m.get(column)
+            return (value is None, value if value is not None else 0)
+        if column == "started":
+            return s.get("started_at") or s.get("created_at") or 0
+        return s.get(column) if column in s else m.get(column)
+
+    def matches(self, words: list[str]) -> bool:
+        s = self.state
+        tags = [t.lower() for t in _tags(s)]
+        hay = " ".join([str(s["id"]), s["name"], s["status"], " ".join(tags), s.get("note") or "",
+                        self.summary.get("device") or ""]).lower()
+        for word in words:
+            key, sep, value = word.partition(":")
+            if sep and key == "status":
+                if not s["status"].startswith(value):
+                    return False
+            elif sep and key == "tag" or word.startswith("#"):
+                want = value if sep else word[1:]
+                if not any(t.startswith(want) for t in tags):
+                    return False
+            elif word not in hay:
+                return False
+        return True
+
+    def cells(self, marked: bool, now: float) -> list[Any]:
+        s, m = self.state, self.summary
+        return [
+            Text("●", style="bold yellow") if marked else Text(" "),
+            Text(str(s["id"]), justify="right"),
+            Text(s["name"]),
+            status_text(s["status"]),
+            progress_text(s["step"], s["total_steps"]),
+            Text(fmt_num(m.get("train_loss"), ".3f"), justify="right"),
+            Text(fmt_num(m.get("eval_loss"), ".3f"), justify="right"),
+            Text(fmt_num(m.get("eval_acc"), ".1%"), justify="right"),
+            Text(fmt_num(m.get("tokens_per_s"), ",.0f"), justify="right"),
+            Text(m.get("device") or "-"),
+            Text((m.get("started") or "-")[5:16] if m.get("started") else "-"),
+            Text(fmt_duration(run_duration(s, now)), justify="right"),
+            Text(" ".join(_tags(s)), style="italic"),
+        ]
+
+
+def _tags(state: dict[str, Any]) -> list[str]:
+    tags = state.get("tags") or []
+    return json.loads(tags) if isinstance(tags, str) else tags
+
+
+class RunsScreen(Screen):
+    """The home screen."""
+
+    BINDINGS = [
+        Binding("n", "new_run", "New run"),
+        Binding("enter", "open", "Open", priority=True),
+        Binding("s", "stop", "Stop"),
+        Binding("r", "resume", "Resume"),
+        Binding("d", "delete", "Delete"),
+        Binding("space", "mark", "Mark"),
+        Binding("c", "compare", "Compare"),
+        Binding("m", "explorer", "Mask explorer"),
+        Binding("t", "tags", "Tags/note", show=False),
+        Binding("slash", "filter", "Filter", show=False),
+        Binding("f", "status_filter", "Status filter", show=False),
+        Binding("o", "sort", "Sort", show=False),
+        Binding("O", "reverse", "Reverse sort", show=False),
+        Binding("question_mark", "help", "Help"),
+        Binding("q", "app.quit", "Quit"),
+        Binding("escape", "clear_filter", "Clear filter", show=False),
+    ]
+
+    class Polled(Message):
+        def __init__(self, poll: RunsPoll) -> None:
+            super().__init__()
+            self.poll = poll
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: dict[int, RunRow] = {}
+        self.stamps: dict[int, Stamp] = {}
+        self.marked: set[int] = set()
+        self.shown: list[int] = []
+        self.shown_cells: dict[int, list[Any]] = {}
+        self.sort_by, self.sort_reverse = "id", True
+        self.status_filter = "all"
+        self.words: list[str] = []
+        self.polling = False
+        self.loaded = False
+        self.db_error: str | None = None
+        self.missing = False
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="title-bar")
+        yield Static(id="db-error", classes="banner-error")
+        with Horizontal(id="filter-bar"):
+            yield Input(placeholder="/ filter: words, status:running, tag:x or #x", id="filter")
+            yield Static(id="view-state")
+        with Center(id="welcome"):
+            with Vertical(id="welcome-box"):
+                yield Static(id="welcome-text")
+        yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#runs", DataTable)
+        for key, label in COLUMNS:
+            table.add_column(label, key=key)
+        self.update_chrome()
+        table.focus()
+        self.poll()
+        self.set_interval(self.app.poll_interval, self.poll)
+
+    # --- polling -----------------------------------------------------------------------------------
+
+    def poll(self) -> None:
+        if not self.polling:
+            self.polling = True
+            self._poll(dict(self.stamps))
+
+    @work(thread=True, group="runs-poll", exit_on_error=False, description="reading runs")
+    def _poll(self, known: dict[int, Stamp]) -> None:
+        self.post_message(self.Polled(poll_runs(self.app.db_path, known)))
+
+    @on(Polled)
+    def apply_poll(self, message: Polled) -> None:
+        self.polling = False
+        poll = message.poll
+        self.loaded = True
+        self.db_error, self.missing = poll.error, poll.missing
+        if poll.error is None:
+            states = {s["id"]: s for s in poll.states}
+            for run_id in list(self.rows):
+                if run_id not in states:
+                    del self.rows[run_id]
+                    self.marked.discard(run_id)
+            for run_id, state in states.items():
+                summary = poll.summaries.get(run_id) or (self.rows[run_id].summary if run_id in self.rows else {})
+                self.rows[run_id] = RunRow(state, summary)
+            self.stamps = poll.stamps
+        self.update_table()
+        self.update_chrome()
+
+    # --- drawing -----------------------------------------------------------------------------------
+
+    def visible_ids(self) -> list[int]:
+        wanted = STATUS_FILTERS[self.status_filter]
+        rows = [r for r in self.rows.values()
+                if (wanted is None or r.state["status"] in wanted) and r.matches(self.words)]
+        rows.sort(key=lambda r: (r.sort_key(self.sort_by), r.id), reverse=self.sort_reverse)
+        return [r.id for r in rows]
+
+    def update_table(self) -> None:
+        table = self.query_one("#runs", DataTable)
+        now = time.time()
+        ids = self.visible_ids()
+        if ids != self.shown:
+            current = self.current_id()
+            table.clear()
+            self.shown_cells = {}
+            for run_id in ids:
+                cells = self.rows[run_id].cells(run_id in self.marked, now)
+                table.add_row(*cells, key=str(run_id))
+                self.shown_cells[run_id] = cells
+            self.shown = ids
+            if current in ids:
+                table.move_cursor(row=ids.index(current), animate=False)
+            return
+        for run_id in ids:  # same rows in the same order: touch only the cells that changed
+            cells = self.rows[run_id].cells(run_id in self.marked, now)
+            old = self.shown_cells.get(run_id, [])
+            for (key, _), new, before in zip(COLUMNS, cells, old):
+                if new != before:
+                    table.update_cell(str(run_id), key, new)
+            self.shown_cells[run_id] = cells
+
+    def update_chrome(self) -> None:
+        app = self.app
+        active = sum(1 for r in self.rows.values() if r.state["status"] in ("queued", "running"))
+        title = Text()
+        title.append(" mlmlab ", style="bold reverse")
+        title.append(f" {app.db_path}  ", style="dim")
+        title.append(f"{len(self.rows)} runs")
+        if active:
+            title.append(f" · {active} training", style="bold green")
+        if self.marked:
+            title.append(f" · {len(self.marked)} marked (c compares)", style="yellow")
+        self.query_one("#title-bar", Static).update(title)
+
+        error = self.query_one("#db-error", Static)
+        error.display = self.db_error is not None
+        if self.db_error:
+            error.update(Text(f"Cannot read the database: {self.db_error}\n"
+                              f"The app keeps trying every second; fix the file or start it with another --db."))
+
+        view = Text()
+        view.append(f"status: {self.status_filter} ", style="bold" if self.status_filter != "all" else "dim")
+        view.append("(f)  ", style="dim")
+        view.append(f"sort: {self.sort_by} {'↓' if self.sort_reverse else '↑'} ", style="dim")
+        view.append("(o/O)", style="dim")
+        self.query_one("#view-state", Static).update(view)
+
+        empty = self.loaded and not self.rows and self.db_error is None
+        self.query_one("#welcome").display = empty
+        self.query_one("#runs").display = not empty
+        if empty:
+            self.query_one("#welcome-text", Static).update(self.welcome_text())
+
+    def welcome_text(self) -> Text:
+        text = Text()
+        text.append("Welcome to mlmlab\n\n", style="bold")
+        where = "does not exist yet; it is created by the first run" if self.missing else "has no runs yet"
+        text.append(f"The database {self.app.db_path} {where}.\n\n")
+        text.append("Press ")
+        text.append(" n ", style="bold reverse")
+        text.append(" to configure and launch your first run (the 'quick' preset learns in about 2 minutes on a CPU),\n"
+                    "or start one from a shell:  ")
+        text.append(f"mlmlab run --db {self.app.db_path}", style="bold")
+        text.append("\n\nRuns train in the background; this screen shows them live. ? lists every key.")
+        return text
+
+    # --- the row under the cursor --------------------------------------------------------------------
+
+    def current_id(self) -> int | None:
+        table = self.query_one("#runs", DataTable)
+        if not self.shown or table.cursor_row < 0 or table.cursor_row >= len(self.shown):
+            return None
+        return self.shown[table.cursor_row]
+
+    def _need_run(self) -> int | None:
+        run_id = self.current_id()
+        if run_id is None:
+            self.app.say("no run selected: press n to start one", "warning")
+        return run_id
+
+    # --- actions ---------------------------------------------------------------------------------
+
+    def action_new_run(self) -> None:
+        self.app.open_new_run()
+
+    @on(DataTable.RowSelected)
+    def action_open(self) -> None:
+        if self.focused is self.query_one("#filter", Input):
+            self.query_one("#runs", DataTable).focus()
+        elif (run_id := self._need_run()) is not None:
+            self.app.open_detail(run_id)
+
+    def action_stop(self) -> None:
+        if (run_id := self._need_run()) is not None:
+            self.app.stop_run(run_id)
+
+    def action_resume(self) -> None:
+        if (run_id := self._need_run()) is not None:
+            self.app.resume_run(run_id)
+
+    def action_delete(self) -> None:
+        if (run_id := self._need_run()) is not None:
+            self.app.delete_run(run_id)
+
+    def action_tags(self) -> None:
+        if (run_id := self._need_run()) is not None:
+            self.app.edit_tags(run_id)
+
+    def action_mark(self) -> None:
+        run_id = self._need_run()
+        if run_id is None:
+            return
+        self.marked ^= {run_id}
+        self.update_table()
+        self.update_chrome()
+        table = self.query_one("#runs", DataTable)
+        if table.cursor_row < len(self.shown) - 1:
+            table.move_cursor(row=table.cursor_row + 1, animate=False)
+
+    def action_compare(self) -> None:
+        ids = sorted(self.marked)
+        if len(ids) < 2:
+            self.app.say("mark two or more runs with space first, then press c", "warning")
+            return
+        self.app.open_compare(ids)
+
+    def action_explorer(self) -> None:
+        self.app.open_explorer(self.current_id())
+
+    def action_filter(self) -> None:
+        self.query_one("#filter", Input).focus()
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.value = ""
+        self.query_one("#runs", DataTable).focus()
+
+    @on(Input.Changed, "#filter")
+    def filter_changed(self, event: Input.Changed) -> None:
+        self.words = event.value.lower().split()
+        self.update_table()
+
+    @on(Input.Submitted, "#filter")
+    def filter_done(self) -> None:
+        self.query_one("#runs", DataTable).focus()
+
+    def action_status_filter(self) -> None:
+        names = list(STATUS_FILTERS)
+        self.status_filter = names[(names.index(self.status_filter) + 1) % len(names)]
+        self.update_table()
+        self.update_chrome()
+
+    def action_sort(self) -> None:
+        self.sort_by = SORTS[(SORTS.index(self.sort_by) + 1) % len(SORTS)]
+        self.update_table()
+        self.update_chrome()
+
+    def action_reverse(self) -> None:
+        self.sort_reverse = not self.sort_reverse
+        self.update_table()
+        self.update_chrome()
+
+    @on(DataTable.HeaderSelected)
+    def header_clicked(self, event: DataTable.HeaderSelected) -> None:
+        column = {"progress": "progress", "tok_s": "id"}.get(str(event.column_key.value), str(event.column_key.value))
+        if column in SORTS:
+            self.sort_reverse = not self.sort_reverse if column == self.sort_by else False
+            self.sort_by = column
+            self.update_table()
+            self.update_chrome()
+
+    def action_help(self) -> None:
+        from mlmlab.tui.modals import HelpScreen
+
+        self.app.push_screen(HelpScreen(self, GUIDE))

@@ -1,0 +1,45 @@
+"""Helpers for the app's pilot tests: build the app, wait for a condition, read what a screen shows."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from textual.pilot import Pilot
+from textual.widgets import DataTable
+
+from mlmlab.tui.app import MlmlabApp, make_app
+
+POLL = 0.15  # the app's poll interval in tests
+
+
+def build_app(db_path: Path, presets_dir: Path | None = None) -> MlmlabApp:
+    return make_app(db_path, poll_interval=POLL, presets_dir=presets_dir)
+
+
+async def wait_for(pilot: Pilot, condition: Callable[[], object], timeout: float = 60.0, what: str = "") -> None:
+    """Let the app run until `condition()` is true; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what or condition}")
+        await pilot.pause(0.1)
+
+
+def table_text(table: DataTable) -> list[list[str]]:
+    """Every row of a DataTable as plain strings, as shown."""
+    return [[str(getattr(cell, "plain", cell)) for cell in table.get_row_at(i)] for i in range(table.row_count)]
+
+
+def run_status(app: MlmlabApp, run_id: int) -> str | None:
+    """The status the runs screen shows for a run (from its table cell), or None if it has no row."""
+    from mlmlab.tui.runs import RunsScreen
+
+    screen = next(s for s in app.screen_stack if isinstance(s, RunsScreen))
+    table = screen.query_one("#runs", DataTable)
+    try:
+        cell = table.get_cell(str(run_id), "status")
+    except Exception:  # noqa: BLE001 - no such row yet
+        return None
+    return cell.plain.split(" ", 1)[1]
