@@ -14,8 +14,15 @@ from mlmlab.tui.app import MlmlabApp, make_app
 POLL = 0.15  # the app's poll interval in tests
 
 
-def build_app(db_path: Path, presets_dir: Path | None = None) -> MlmlabApp:
-    return make_app(db_path, poll_interval=POLL, presets_dir=presets_dir)
+TEST_DEVICES = [{"id": "cpu", "label": "cpu (test)"}]
+
+
+def build_app(db_path: Path, presets_dir: Path | None = None, probe_devices: bool = False) -> MlmlabApp:
+    """The app as the CLI builds it, polling faster; the device probe (a torch import) only when asked."""
+    app = make_app(db_path, poll_interval=POLL, presets_dir=presets_dir)
+    if not probe_devices:
+        app.set_reactive(MlmlabApp.devices, TEST_DEVICES)
+    return app
 
 
 async def wait_for(pilot: Pilot, condition: Callable[[], object], timeout: float = 60.0, what: str = "") -> None:
@@ -43,3 +50,11 @@ def run_status(app: MlmlabApp, run_id: int) -> str | None:
     except Exception:  # noqa: BLE001 - no such row yet
         return None
     return cell.plain.split(" ", 1)[1]
+
+
+async def wait_for_screen(pilot: Pilot, app: MlmlabApp, kind: type, timeout: float = 10.0):
+    """Wait until a screen of `kind` is on top and composed (pushing is asynchronous), and return it."""
+    await wait_for(pilot, lambda: isinstance(app.screen, kind) and app.screen.is_mounted
+                   and bool(app.screen.query("Footer")), timeout, f"the {kind.__name__}")
+    await pilot.pause()
+    return app.screen

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import sys
 from collections.abc import Iterable
 from functools import partial
@@ -80,7 +81,7 @@ class MlmlabApp(App):
             seen.add(binding.action)
             key = self.get_key_display(binding)
             yield SystemCommand(binding.description, f"{binding.tooltip or binding.description} (key: {key})",
-                                partial(active.node.run_action, binding.action))
+                                partial(self.call_later, active.node.run_action, binding.action))
 
     # --- devices ---------------------------------------------------------------------------------
 
@@ -91,11 +92,16 @@ class MlmlabApp(App):
     @work(group="devices", exit_on_error=False, description="finding devices")
     async def _probe_devices(self) -> None:
         """Ask a separate process what devices exist: importing torch here would cost the app its speed."""
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", DEVICE_PROBE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            stdin=asyncio.subprocess.DEVNULL, cwd=self.cwd,
-        )
-        out, err = await proc.communicate()
+        proc = subprocess.Popen([sys.executable, "-c", DEVICE_PROBE], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL, cwd=self.cwd)
+        try:
+            while proc.poll() is None:  # its output is a few lines: the pipes cannot fill up
+                await asyncio.sleep(0.1)
+        except asyncio.CancelledError:
+            proc.kill()
+            proc.wait()
+            raise
+        out, err = proc.communicate()
         try:
             self.devices = json.loads(out.decode().strip().splitlines()[-1])
         except (ValueError, IndexError):

@@ -97,7 +97,8 @@ class CompareScreen(Screen):
         active = {i for i, r in self.runs.items() if r["status"] in ("queued", "running")}
         stats_for = sorted(self.stale_stats | active)
         self.stale_stats = set()
-        width = self.query_one("#compare-plot", MetricPlot).size.width or 100
+        plot = self.query_one_optional("#compare-plot", MetricPlot)
+        width = plot.size.width if plot else 100
         self._poll(CompareRequest(self.run_ids, self.x_axis, max(60, width), dict(self.book.last_id), self.at_step,
                                   stats_for, self.generation))
 

@@ -88,13 +88,13 @@ class RunDetailScreen(Screen):
                 yield Static(id="log-note", classes="field-note")
                 yield Log(id="log-view", max_lines=LOG_LINES, auto_scroll=True)
             with TabPane("Config 4", id="config"):
-                yield DataTable(id="config-table", cursor_type="row", zebra_stripes=True)
+                table = DataTable(id="config-table", cursor_type="row", zebra_stripes=True)
+                table.add_columns("key", "value", "about")
+                yield table
                 yield Static(id="checkpoints")
         yield Footer()
 
     def on_mount(self) -> None:
-        table = self.query_one("#config-table", DataTable)
-        table.add_columns("key", "value", "about")
         self.query_one("#detail-error").display = False
         self.update_plot_state()
         self.query_one("#detail-head", Static).update(Text(f"run {self.run_id}: reading…", style="dim"))
@@ -104,8 +104,8 @@ class RunDetailScreen(Screen):
     # --- polling -------------------------------------------------------------------------------------
 
     def buckets(self) -> int:
-        width = self.query_one("#plot-loss", MetricPlot).size.width
-        return max(60, width or 100)
+        plot = self.query_one_optional("#plot-loss", MetricPlot)
+        return max(60, plot.size.width if plot else 100)
 
     def poll(self) -> None:
         if self.polling:
