@@ -254,8 +254,12 @@ class RunsScreen(Screen):
         self.query_one("#view-state", Static).update(view)
 
         empty = self.loaded and not self.rows and self.db_error is None
+        table = self.query_one("#runs", DataTable)
         self.query_one("#welcome").display = empty
-        self.query_one("#runs").display = not empty
+        if table.display != (not empty):
+            table.display = not empty
+            if not empty and not self.query_one("#filter", Input).value:
+                table.focus()  # the first run arrived: the keys act on it
         if empty:
             self.query_one("#welcome-text", Static).update(self.welcome_text())
 
