@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from textual.widgets import DataTable, Input, Log, Select, Static, TextArea
+from textual.widgets import DataTable, Input, Select, Static, TextArea
 from tui_helpers import build_app, table_text, wait_for, wait_for_screen
 
 from mlmlab.store import Store

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import pytest
-from conftest import TINY_SETS
 from textual.widgets import DataTable, Input, Log, Select, Static
 from tui_helpers import build_app, run_status, wait_for, wait_for_screen
 

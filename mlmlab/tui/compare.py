@@ -5,60 +5,49 @@ from __future__ import annotations
 from typing import Any
 
 from rich.text import Text
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
-from textual.message import Message
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Label, Static, TabbedContent, TabPane
 
-from mlmlab.tui.formatting import (RICH_COLORS, RUN_COLORS, SMOOTHING, X_AXES, X_LABELS, config_diff, fmt_num,
-                                   status_text)
-from mlmlab.tui.plots import Line, MetricPlot, SeriesBook
+from mlmlab.tui.formatting import RICH_COLORS, RUN_COLORS, config_diff, fmt_num, status_text
+from mlmlab.tui.plots import Line, MetricPlot
 from mlmlab.tui.reader import (LOWER_IS_BETTER, PLOT_METRICS, SUMMARY_METRICS, CompareRequest, ComparePoll,
                                poll_compare)
+from mlmlab.tui.screens import BACK, HELP, PLOT_KEYS, QUIT, PlotScreen
 
 METRIC_TITLES = {"train_loss": "train loss", "eval_loss": "eval loss", "eval_acc": "eval accuracy",
                  "lr": "learning rate", "tokens_per_s": "tokens/s", "train_acc": "train accuracy",
                  "grad_norm": "gradient norm", "mem_mb": "memory (MB)"}
-PERCENT = {"eval_acc", "train_acc"}
+FORMATS = {"eval_acc": ".2%", "train_acc": ".2%", "lr": ".3g", "tokens_per_s": ",.0f", "mem_mb": ",.0f",
+           "grad_norm": ".3f"}
 GUIDE = """[ and ] (or 1-5) pick the metric; every run is one colour, as in the legend at the top.
 x switches the x axis (step, tokens seen, training time) and z the smoothing.
 Config diff lists only the keys whose values differ. Summary gives each metric's last and best value and
 its value at the step you choose (the latest logged at or before it); the best run of each row is green."""
 
 
-class CompareScreen(Screen):
+class CompareScreen(PlotScreen):
+    GUIDE = GUIDE
     BINDINGS = [
-        Binding("escape,backspace", "back", "Back"),
+        BACK,
         Binding("left_square_bracket", "metric(-1)", "Prev metric"),
         Binding("right_square_bracket", "metric(1)", "Next metric"),
-        Binding("x", "x_axis", "X axis"),
-        Binding("z", "smoothing", "Smooth"),
+        *PLOT_KEYS,
         Binding("p", "tab('curves')", "Curves"),
         Binding("g", "tab('diff')", "Config diff"),
         Binding("u", "tab('summary')", "Summary"),
         *[Binding(str(i + 1), f"pick_metric({i})", f"Plot {METRIC_TITLES[m]}", show=False)
           for i, m in enumerate(PLOT_METRICS)],
-        Binding("question_mark", "help", "Help"),
-        Binding("q", "app.quit", "Quit", show=False),
+        HELP,
+        QUIT,
     ]
-
-    class Polled(Message):
-        def __init__(self, poll: ComparePoll) -> None:
-            super().__init__()
-            self.poll = poll
 
     def __init__(self, run_ids: list[int]) -> None:
         super().__init__()
         self.run_ids = list(run_ids)
         self.metric = "eval_loss"
-        self.x_axis = "step"
-        self.smoothing = 0.0
-        self.book = SeriesBook()
-        self.generation = 0
-        self.polling = False
         self.runs: dict[int, dict[str, Any]] = {}
         self.stats: dict[int, dict[str, dict[str, Any]]] = {}
         self.stale_stats: set[int] = set(run_ids)
@@ -78,38 +67,29 @@ class CompareScreen(Screen):
             with TabPane("Summary u", id="summary"):
                 with Horizontal(id="at-step-bar"):
                     yield Label("value at step ")
-                    yield Input(id="at-step", type="integer", placeholder="step")
+                    yield Input(id="at-step", type="integer", placeholder="step", compact=True)
                 yield DataTable(id="summary-table", zebra_stripes=True, cursor_type="row")
         yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#compare-error").display = False
-        self.update_plot_state()
-        self.poll()
-        self.set_interval(self.app.poll_interval, self.poll)
+        super().on_mount()
 
-    # --- polling ---------------------------------------------------------------------------------------
+    # --- reading ---------------------------------------------------------------------------------------
 
-    def poll(self) -> None:
-        if self.polling:
-            return
-        self.polling = True
+    def request(self) -> CompareRequest:
         active = {i for i, r in self.runs.items() if r["status"] in ("queued", "running")}
-        stats_for = sorted(self.stale_stats | active)
+        stats_for = sorted(self.stale_stats | active)  # finished runs' figures are read once per chosen step
         self.stale_stats = set()
         plot = self.query_one_optional("#compare-plot", MetricPlot)
-        width = plot.size.width if plot else 100
-        self._poll(CompareRequest(self.run_ids, self.x_axis, max(60, width), dict(self.book.last_id), self.at_step,
-                                  stats_for, self.generation))
+        buckets = max(60, plot.size.width if plot else 100)
+        return CompareRequest(self.run_ids, self.x_axis, buckets, dict(self.book.last_id), self.at_step, stats_for,
+                              self.generation)
 
-    @work(thread=True, group="compare-poll", exit_on_error=False, description="reading runs to compare")
-    def _poll(self, request: CompareRequest) -> None:
-        self.post_message(self.Polled(poll_compare(self.app.db_path, request)))
+    def fetch(self, request: CompareRequest) -> ComparePoll:
+        return poll_compare(self.app.db_path, request)
 
-    @on(Polled)
-    def apply_poll(self, message: Polled) -> None:
-        self.polling = False
-        poll = message.poll
+    def show(self, poll: ComparePoll) -> None:
         banner = self.query_one("#compare-error", Static)
         banner.display = poll.error is not None
         if poll.error:
@@ -125,7 +105,7 @@ class CompareScreen(Screen):
             for run_id, read in poll.series.items():
                 self.book.apply(run_id, read, poll.request.buckets)
         self.update_head()
-        self.update_plot()
+        self.update_plots()
         if not self.diff_shown and len(self.runs) == len(self.run_ids):
             self.show_diff()
         if self.at_step is None and self.runs:
@@ -156,22 +136,18 @@ class CompareScreen(Screen):
                 head.append(f" {run['step']}/{run['total_steps']}   ", style="dim")
         self.query_one("#compare-head", Static).update(head)
 
-    def update_plot(self) -> None:
+    def update_plots(self) -> None:
         plot = self.query_one("#compare-plot", MetricPlot)
         plot.title = METRIC_TITLES[self.metric]
         lines = [Line(self.label(run_id), self.color(run_id), self.book.get(run_id, self.metric)) for run_id in self.run_ids]
         plot.show(lines, self.x_axis, self.smoothing)
 
-    def update_plot_state(self) -> None:
+    def plot_state(self) -> Text:
         state = Text()
         for index, metric in enumerate(PLOT_METRICS):
             state.append(f" {index + 1} {METRIC_TITLES[metric]} ", style="bold reverse" if metric == self.metric else "dim")
-        state.append("   x: ", style="dim")
-        state.append(X_LABELS[self.x_axis], style="bold")
-        state.append(" (x)  smoothing: ", style="dim")
-        state.append(f"{self.smoothing:g}" if self.smoothing else "off", style="bold")
-        state.append(" (z)", style="dim")
-        self.query_one("#plot-state", Static).update(state)
+        state.append("   ")
+        return state + super().plot_state()
 
     def show_diff(self) -> None:
         self.diff_shown = True
@@ -203,7 +179,7 @@ class CompareScreen(Screen):
                 values = {i: self.stats.get(i, {}).get(metric, {}).get(field) for i in self.run_ids}
                 present = [v for v in values.values() if v is not None]
                 best = (min(present) if lower else max(present)) if len(present) > 1 else None
-                spec = ".2%" if metric in PERCENT else ".4g"
+                spec = FORMATS.get(metric, ".4f")
                 cells = []
                 for run_id in self.run_ids:
                     value = values[run_id]
@@ -222,11 +198,7 @@ class CompareScreen(Screen):
         if value != self.at_step:
             self.at_step = value
             self.stale_stats |= set(self.run_ids)
-            if not self.polling:
-                self.poll()
-
-    def action_back(self) -> None:
-        self.dismiss()
+            self.poll()
 
     def action_metric(self, delta: int) -> None:
         self.action_pick_metric((PLOT_METRICS.index(self.metric) + delta) % len(PLOT_METRICS))
@@ -235,25 +207,4 @@ class CompareScreen(Screen):
         self.metric = PLOT_METRICS[index]
         self.query_one("#compare-tabs", TabbedContent).active = "curves"
         self.update_plot_state()
-        self.update_plot()
-
-    def action_x_axis(self) -> None:
-        self.x_axis = X_AXES[(X_AXES.index(self.x_axis) + 1) % len(X_AXES)]
-        self.generation += 1
-        self.book.reset()
-        self.update_plot_state()
-        if not self.polling:
-            self.poll()
-
-    def action_smoothing(self) -> None:
-        self.smoothing = SMOOTHING[(SMOOTHING.index(self.smoothing) + 1) % len(SMOOTHING)]
-        self.update_plot_state()
-        self.update_plot()
-
-    def action_tab(self, tab: str) -> None:
-        self.query_one("#compare-tabs", TabbedContent).active = tab
-
-    def action_help(self) -> None:
-        from mlmlab.tui.modals import HelpScreen
-
-        self.app.push_screen(HelpScreen(self, GUIDE))
+        self.update_plots()

@@ -7,18 +7,16 @@ import time
 from typing import Any
 
 from rich.text import Text
-from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, VerticalScroll
-from textual.message import Message
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Log, Static, TabbedContent, TabPane
 
-from mlmlab.tui.formatting import (SMOOTHING, X_AXES, X_LABELS, fmt_duration, fmt_num, fmt_tokens, progress_text,
-                                   run_duration, run_eta, sample_lines, status_text)
-from mlmlab.tui.plots import Line, MetricPlot, SeriesBook
+from mlmlab.tui.formatting import (fmt_duration, fmt_num, fmt_tokens, progress_text, run_duration, run_eta,
+                                   sample_lines, status_text)
+from mlmlab.tui.plots import Line, MetricPlot
 from mlmlab.tui.reader import DetailPoll, DetailRequest, poll_detail
+from mlmlab.tui.screens import BACK, HELP, PLOT_KEYS, QUIT, PlotScreen
 
 # plot id -> (title, [(metric, label, colour)], smoothed)
 PLOTS = {
@@ -34,46 +32,35 @@ extended with new rows only. Samples show what the model saw (▒ = [MASK], yell
 underlined = kept) and what it predicted: green right, red wrong, dim = not chosen."""
 
 
-class RunDetailScreen(Screen):
+class RunDetailScreen(PlotScreen):
+    GUIDE = GUIDE
     BINDINGS = [
-        Binding("escape,backspace", "back", "Back"),
-        Binding("s", "stop", "Stop"),
-        Binding("r", "resume", "Resume"),
-        Binding("t", "tags", "Tags/note"),
-        Binding("x", "x_axis", "X axis"),
-        Binding("z", "smoothing", "Smooth"),
+        BACK,
+        Binding("s", "on_run('stop_run')", "Stop"),
+        Binding("r", "on_run('resume_run')", "Resume"),
+        Binding("t", "on_run('edit_tags')", "Tags/note"),
+        *PLOT_KEYS,
         Binding("m", "explorer", "Mask explorer"),
         Binding("1", "tab('plots')", "Plots tab", show=False),
         Binding("2", "tab('samples')", "Samples tab", show=False),
         Binding("3", "tab('log')", "Log tab", show=False),
         Binding("4", "tab('config')", "Config tab", show=False),
-        Binding("question_mark", "help", "Help"),
-        Binding("q", "app.quit", "Quit", show=False),
+        HELP,
+        QUIT,
     ]
-
-    class Polled(Message):
-        def __init__(self, poll: DetailPoll) -> None:
-            super().__init__()
-            self.poll = poll
 
     def __init__(self, run_id: int) -> None:
         super().__init__()
         self.run_id = run_id
-        self.x_axis = "step"
-        self.smoothing = 0.0
-        self.book = SeriesBook()
-        self.generation = 0  # bumped when the plots must be re-read from scratch (x axis, resume)
-        self.polling = False
         self.run: dict[str, Any] | None = None
         self.summary: dict[str, Any] | None = None
         self.stamp = None
         self.sample_step: int | None = None
         self.log_offset = 0
         self.config_json = ""
-        self.error: str | None = None
 
     def compose(self) -> ComposeResult:
-        yield Static(id="detail-head")
+        yield Static(Text(f"run {self.run_id}: reading…", style="dim"), id="detail-head")
         yield Static(id="detail-error", classes="banner-error")
         with TabbedContent(id="detail-tabs", initial="plots"):
             with TabPane("Plots 1", id="plots"):
@@ -96,34 +83,20 @@ class RunDetailScreen(Screen):
 
     def on_mount(self) -> None:
         self.query_one("#detail-error").display = False
-        self.update_plot_state()
-        self.query_one("#detail-head", Static).update(Text(f"run {self.run_id}: reading…", style="dim"))
-        self.poll()
-        self.set_interval(self.app.poll_interval, self.poll)
+        super().on_mount()
 
-    # --- polling -------------------------------------------------------------------------------------
+    # --- reading -------------------------------------------------------------------------------------
 
-    def buckets(self) -> int:
+    def request(self) -> DetailRequest:
         plot = self.query_one_optional("#plot-loss", MetricPlot)
-        return max(60, plot.size.width if plot else 100)
+        buckets = max(60, plot.size.width if plot else 100)  # about one bucket per column of the plot
+        return DetailRequest(self.run_id, self.x_axis, buckets, self.book.last_id.get(self.run_id, 0),
+                             self.sample_step, self.log_offset, self.stamp, self.generation)
 
-    def poll(self) -> None:
-        if self.polling:
-            return
-        self.polling = True
-        request = DetailRequest(self.run_id, self.x_axis, self.buckets(), self.book.last_id.get(self.run_id, 0),
-                                self.sample_step, self.log_offset, self.stamp, self.generation)
-        self._poll(request)
+    def fetch(self, request: DetailRequest) -> DetailPoll:
+        return poll_detail(self.app.db_path, request)
 
-    @work(thread=True, group="detail-poll", exit_on_error=False, description="reading the run")
-    def _poll(self, request: DetailRequest) -> None:
-        self.post_message(self.Polled(poll_detail(self.app.db_path, request)))
-
-    @on(Polled)
-    def apply_poll(self, message: Polled) -> None:
-        self.polling = False
-        poll = message.poll
-        self.error = poll.error
+    def show(self, poll: DetailPoll) -> None:
         banner = self.query_one("#detail-error", Static)
         banner.display = poll.error is not None
         if poll.error:
@@ -189,15 +162,6 @@ class RunDetailScreen(Screen):
                 plot = self.query_one(f"#{plot_id}", MetricPlot)
                 plot.show([Line(label, color, self.book.get(self.run_id, metric)) for metric, label, color in lines],
                           self.x_axis, self.smoothing if smoothed else 0.0)
-
-    def update_plot_state(self) -> None:
-        state = Text()
-        state.append("x: ", style="dim")
-        state.append(X_LABELS[self.x_axis], style="bold")
-        state.append(" (x)   smoothing: ", style="dim")
-        state.append(f"{self.smoothing:g}" if self.smoothing else "off", style="bold")
-        state.append(" (z)", style="dim")
-        self.query_one("#plot-state", Static).update(state)
 
     def show_samples(self, samples: list[dict[str, Any]]) -> None:
         text = Text()
@@ -266,41 +230,5 @@ class RunDetailScreen(Screen):
 
     # --- actions -------------------------------------------------------------------------------------
 
-    def action_back(self) -> None:
-        self.dismiss()
-
-    def action_stop(self) -> None:
-        self.app.stop_run(self.run_id)
-
-    def action_resume(self) -> None:
-        self.app.resume_run(self.run_id)
-
-    def action_tags(self) -> None:
-        self.app.edit_tags(self.run_id)
-
-    def action_explorer(self) -> None:
-        self.app.open_explorer(self.run_id)
-
-    def action_tab(self, tab: str) -> None:
-        self.query_one("#detail-tabs", TabbedContent).active = tab
-
-    def action_x_axis(self) -> None:
-        self.x_axis = X_AXES[(X_AXES.index(self.x_axis) + 1) % len(X_AXES)]
-        self.restart_series()
-
-    def restart_series(self) -> None:
-        self.generation += 1
-        self.book.reset()
-        self.update_plot_state()
-        if not self.polling:
-            self.poll()
-
-    def action_smoothing(self) -> None:
-        self.smoothing = SMOOTHING[(SMOOTHING.index(self.smoothing) + 1) % len(SMOOTHING)]
-        self.update_plot_state()
-        self.update_plots()
-
-    def action_help(self) -> None:
-        from mlmlab.tui.modals import HelpScreen
-
-        self.app.push_screen(HelpScreen(self, GUIDE))
+    def selected_run(self) -> int:
+        return self.run_id

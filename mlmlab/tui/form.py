@@ -100,11 +100,11 @@ class NewRunScreen(Screen):
             with Grid(classes="form-grid"):
                 yield Label("preset")
                 yield Select([(name, name) for name in self.presets], value=preset or Select.NULL,
-                             allow_blank=preset is None, id="preset")
+                             allow_blank=preset is None, id="preset", compact=True)
                 yield Label("name")
-                yield Input(preset or "run", id="name")
+                yield Input(preset or "run", id="name", compact=True)
                 yield Label("device")
-                yield Select([("auto (best found)", "auto")], value="auto", allow_blank=False, id="device")
+                yield Select([("auto", "auto")], value="auto", allow_blank=False, id="device", compact=True)
                 yield Static(id="device-note", classes="field-note")
             for title, fields in SECTIONS:
                 yield Static(Text(title, style="bold"), classes="form-section")
@@ -114,16 +114,18 @@ class NewRunScreen(Screen):
                         options = choices(key)
                         if options:
                             yield Select([(o, o) for o in options], value=options[0], allow_blank=False,
-                                         id=field_id(key), tooltip=config_module.describe(key))
+                                         id=field_id(key), tooltip=config_module.describe(key), compact=True)
                         else:
-                            yield Input(id=field_id(key), tooltip=f"{key}: {config_module.describe(key)}")
+                            yield Input(id=field_id(key), tooltip=f"{key}: {config_module.describe(key)}", compact=True)
             yield Static(Text("Other settings", style="bold"), classes="form-section")
-            yield Input(placeholder="key=value …, e.g. train.eval_every=50 data.valid_fraction=0.1", id="extra")
-            yield Static(id="form-error", classes="form-error")
-            with Horizontal(classes="form-buttons"):
-                yield Button("Launch (ctrl+l)", variant="success", id="launch")
-                yield Button("Save as preset (ctrl+s)", id="save")
-                yield Button("Back (esc)", id="back")
+            yield Input(placeholder="key=value …, e.g. train.eval_every=50 data.valid_fraction=0.1", id="extra",
+                        compact=True)
+        # Outside the scroll: the verdict and the buttons stay in view however long the form is.
+        yield Static(id="form-error", classes="form-error")
+        with Horizontal(classes="form-buttons"):
+            yield Button("Launch (ctrl+l)", variant="success", id="launch", compact=True)
+            yield Button("Save as preset (ctrl+s)", id="save", compact=True)
+            yield Button("Back (esc)", id="back", compact=True)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -171,9 +173,7 @@ class NewRunScreen(Screen):
         select.value = device
 
     def device_options(self) -> list[tuple[str, str]]:
-        found = self.app.devices or []
-        best = found[0]["id"] if found else "…"
-        return [(f"auto (picks {best})", "auto"), *[(d["label"], d["id"]) for d in found]]
+        return [("auto", "auto"), *[(d["label"], d["id"]) for d in self.app.devices or []]]
 
     def show_devices(self, devices: list[dict] | None) -> None:
         note = self.query_one("#device-note", Static)
@@ -184,7 +184,8 @@ class NewRunScreen(Screen):
         current = select.value
         select.set_options(self.device_options())
         self.set_device(current if isinstance(current, str) else "auto")
-        note.update(Text(self.app.device_error or f"{len(devices)} found", style="dim"))
+        found = f"{len(devices)} found; auto picks {devices[0]['id']}" if devices else "none found"
+        note.update(Text(self.app.device_error or found, style="dim"))
         self.validate()
 
     @on(Select.Changed, "#preset")

@@ -1,7 +1,7 @@
 """Live metric plots: a `PlotextPlot` that holds its lines and replots on new data, axis or smoothing.
 
-Points arrive already downsampled (in SQL on the first read, then appended and re-bucketed in memory
-when they outgrow the plot), so a plot never builds more than a few hundred points per line.
+Points arrive already downsampled (see `reader.SeriesBook`), so a plot never builds more than a few
+hundred points per line.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from textual_plotext import PlotextPlot
 
-from mlmlab.tui.formatting import X_LABELS, bucket_points, smooth, x_value
+from mlmlab.tui.formatting import X_LABELS, smooth, x_value
 
 Points = list[tuple[float, float]]
 
@@ -21,34 +21,6 @@ class Line:
     label: str
     color: str
     points: Points = field(default_factory=list)
-
-
-class SeriesBook:
-    """Points per (run, metric) kept by a screen: replaced on a full read, extended on an incremental one."""
-
-    def __init__(self) -> None:
-        self.points: dict[tuple[int, str], Points] = {}
-        self.last_id: dict[int, int] = {}
-
-    def reset(self) -> None:
-        self.points.clear()
-        self.last_id.clear()
-
-    def apply(self, run_id: int, read, buckets: int) -> None:  # read: reader.SeriesRead
-        for name, new in read.points.items():
-            key = (run_id, name)
-            if read.full:
-                self.points[key] = list(new)
-            elif new:
-                merged = self.points.setdefault(key, []) + new
-                self.points[key] = bucket_points(merged, buckets)
-        self.last_id[run_id] = read.last_id
-
-    def get(self, run_id: int, name: str) -> Points:
-        return self.points.get((run_id, name), [])
-
-    def total_points(self) -> int:
-        return sum(len(p) for p in self.points.values())
 
 
 class MetricPlot(PlotextPlot):

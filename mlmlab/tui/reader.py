@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mlmlab.errors import MlmlabError
+from mlmlab.tui.formatting import bucket_points
 
 READ_BUSY_MS = 1500  # a locked database is reported after this, not waited on for 30 s
 LOG_NAME = "run.log"  # the app's launches write the run's output here, in the run's folder
@@ -26,6 +27,7 @@ SUMMARY_METRICS = ("train_loss", "train_acc", "eval_loss", "eval_acc", "lr", "gr
 LOWER_IS_BETTER = {"train_loss", "eval_loss", "grad_norm", "step_ms", "mem_mb"}
 
 Stamp = tuple
+Points = list[tuple[float, float]]
 
 
 class DatabaseMissing(MlmlabError):
@@ -108,6 +110,39 @@ def read_series(store: Any, run_id: int, names: Iterable[str], x_axis: str, buck
         if row["value"] is not None:
             points[row["name"]].append((row[x_axis], row["value"]))
     return SeriesRead(points, rows[-1]["id"] if rows else after_id, False)
+
+
+class SeriesBook:
+    """Points per (run, metric) kept by a screen: replaced on a full read, extended on an incremental one.
+
+    Points are downsampled in SQL on the first read; appended ones are re-bucketed in memory when they
+    outgrow the plot, so a long-open screen stays as faithful as a fresh read without re-reading the run.
+    """
+
+    def __init__(self) -> None:
+        self.points: dict[tuple[int, str], Points] = {}
+        self.last_id: dict[int, int] = {}
+
+    def reset(self) -> None:
+        self.points.clear()
+        self.last_id.clear()
+
+    def apply(self, run_id: int, read: SeriesRead, buckets: int) -> None:
+        for name, new in read.points.items():
+            key = (run_id, name)
+            if read.full:
+                self.points[key] = list(new)
+            elif new:
+                merged = self.points.setdefault(key, []) + new
+                self.points[key] = bucket_points(merged, buckets)
+        self.last_id[run_id] = read.last_id
+
+    def get(self, run_id: int, name: str) -> Points:
+        return self.points.get((run_id, name), [])
+
+    def total_points(self) -> int:
+        return sum(len(p) for p in self.points.values())
+
 
 
 # --- a run's log ---------------------------------------------------------------------------------

@@ -8,21 +8,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from rich.text import Text
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Center, Horizontal, Vertical
-from textual.message import Message
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
 from mlmlab.tui.formatting import fmt_duration, fmt_num, progress_text, run_duration, status_text
 from mlmlab.tui.reader import RunsPoll, Stamp, poll_runs
+from mlmlab.tui.screens import HELP, LiveScreen
 
+# (key, header, width): fixed widths so live values never get cut; None grows with the content.
 COLUMNS = [
-    ("mark", " "), ("id", "id"), ("name", "name"), ("status", "status"), ("progress", "progress"),
-    ("train_loss", "train loss"), ("eval_loss", "eval loss"), ("eval_acc", "eval acc"), ("tok_s", "tok/s"),
-    ("device", "device"), ("started", "started"), ("duration", "duration"), ("tags", "tags"),
+    ("mark", " ", 1), ("id", "id", 3), ("name", "name", None), ("status", "status", 11), ("progress", "progress", 19),
+    ("train_loss", "train loss", 10), ("eval_loss", "eval loss", 9), ("eval_acc", "eval acc", 8),
+    ("tok_s", "tok/s", 8), ("duration", "duration", 8), ("device", "device", 6), ("started", "started", 11),
+    ("tags", "tags", None),
 ]
 SORTS = ["id", "name", "status", "progress", "eval_loss", "eval_acc", "started"]
 STATUS_FILTERS = {
@@ -84,14 +85,14 @@ class RunRow:
             Text(str(s["id"]), justify="right"),
             Text(s["name"]),
             status_text(s["status"]),
-            progress_text(s["step"], s["total_steps"]),
+            progress_text(s["step"], s["total_steps"], width=8),
             Text(fmt_num(m.get("train_loss"), ".3f"), justify="right"),
             Text(fmt_num(m.get("eval_loss"), ".3f"), justify="right"),
             Text(fmt_num(m.get("eval_acc"), ".1%"), justify="right"),
             Text(fmt_num(m.get("tokens_per_s"), ",.0f"), justify="right"),
+            Text(fmt_duration(run_duration(s, now)), justify="right"),
             Text(m.get("device") or "-"),
             Text((m.get("started") or "-")[5:16] if m.get("started") else "-"),
-            Text(fmt_duration(run_duration(s, now)), justify="right"),
             Text(" ".join(_tags(s)), style="italic"),
         ]
 
@@ -101,32 +102,28 @@ def _tags(state: dict[str, Any]) -> list[str]:
     return json.loads(tags) if isinstance(tags, str) else tags
 
 
-class RunsScreen(Screen):
+class RunsScreen(LiveScreen):
     """The home screen."""
 
+    GUIDE = GUIDE
     BINDINGS = [
         Binding("n", "new_run", "New run"),
         Binding("enter", "open", "Open", priority=True),
-        Binding("s", "stop", "Stop"),
-        Binding("r", "resume", "Resume"),
-        Binding("d", "delete", "Delete"),
+        Binding("s", "on_run('stop_run')", "Stop"),
+        Binding("r", "on_run('resume_run')", "Resume"),
+        Binding("d", "on_run('delete_run')", "Delete"),
         Binding("space", "mark", "Mark"),
         Binding("c", "compare", "Compare"),
         Binding("m", "explorer", "Mask explorer"),
-        Binding("t", "tags", "Tags/note", show=False),
+        Binding("t", "on_run('edit_tags')", "Tags/note", show=False),
         Binding("slash", "filter", "Filter", show=False),
         Binding("f", "status_filter", "Status filter", show=False),
         Binding("o", "sort", "Sort", show=False),
         Binding("O", "reverse", "Reverse sort", show=False),
-        Binding("question_mark", "help", "Help"),
+        HELP,
         Binding("q", "app.quit", "Quit"),
         Binding("escape", "clear_filter", "Clear filter", show=False),
     ]
-
-    class Polled(Message):
-        def __init__(self, poll: RunsPoll) -> None:
-            super().__init__()
-            self.poll = poll
 
     def __init__(self) -> None:
         super().__init__()
@@ -138,7 +135,6 @@ class RunsScreen(Screen):
         self.sort_by, self.sort_reverse = "id", True
         self.status_filter = "all"
         self.words: list[str] = []
-        self.polling = False
         self.loaded = False
         self.db_error: str | None = None
         self.missing = False
@@ -157,28 +153,21 @@ class RunsScreen(Screen):
 
     def on_mount(self) -> None:
         table = self.query_one("#runs", DataTable)
-        for key, label in COLUMNS:
-            table.add_column(label, key=key)
+        for key, label, width in COLUMNS:
+            table.add_column(label, key=key, width=width)
         self.update_chrome()
         table.focus()
-        self.poll()
-        self.set_interval(self.app.poll_interval, self.poll)
+        super().on_mount()
 
-    # --- polling -----------------------------------------------------------------------------------
+    # --- reading -----------------------------------------------------------------------------------
 
-    def poll(self) -> None:
-        if not self.polling:
-            self.polling = True
-            self._poll(dict(self.stamps))
+    def request(self) -> dict[int, Stamp]:
+        return dict(self.stamps)
 
-    @work(thread=True, group="runs-poll", exit_on_error=False, description="reading runs")
-    def _poll(self, known: dict[int, Stamp]) -> None:
-        self.post_message(self.Polled(poll_runs(self.app.db_path, known)))
+    def fetch(self, known: dict[int, Stamp]) -> RunsPoll:
+        return poll_runs(self.app.db_path, known)
 
-    @on(Polled)
-    def apply_poll(self, message: Polled) -> None:
-        self.polling = False
-        poll = message.poll
+    def show(self, poll: RunsPoll) -> None:
         self.loaded = True
         self.db_error, self.missing = poll.error, poll.missing
         if poll.error is None:
@@ -222,9 +211,9 @@ class RunsScreen(Screen):
         for run_id in ids:  # same rows in the same order: touch only the cells that changed
             cells = self.rows[run_id].cells(run_id in self.marked, now)
             old = self.shown_cells.get(run_id, [])
-            for (key, _), new, before in zip(COLUMNS, cells, old):
+            for (key, _, width), new, before in zip(COLUMNS, cells, old):
                 if new != before:
-                    table.update_cell(str(run_id), key, new)
+                    table.update_cell(str(run_id), key, new, update_width=width is None)
             self.shown_cells[run_id] = cells
 
     def update_chrome(self) -> None:
@@ -260,6 +249,8 @@ class RunsScreen(Screen):
             table.display = not empty
             if not empty and not self.query_one("#filter", Input).value:
                 table.focus()  # the first run arrived: the keys act on it
+        if empty and self.focused is self.query_one("#filter", Input) and not self.query_one("#filter", Input).value:
+            self.set_focus(None)  # with the table hidden, focus fell to the filter: keys must stay keys
         if empty:
             self.query_one("#welcome-text", Static).update(self.welcome_text())
 
@@ -284,11 +275,8 @@ class RunsScreen(Screen):
             return None
         return self.shown[table.cursor_row]
 
-    def _need_run(self) -> int | None:
-        run_id = self.current_id()
-        if run_id is None:
-            self.app.say("no run selected: press n to start one", "warning")
-        return run_id
+    def selected_run(self) -> int | None:
+        return self.current_id()
 
     # --- actions ---------------------------------------------------------------------------------
 
@@ -299,27 +287,11 @@ class RunsScreen(Screen):
     def action_open(self) -> None:
         if self.focused is self.query_one("#filter", Input):
             self.query_one("#runs", DataTable).focus()
-        elif (run_id := self._need_run()) is not None:
+        elif (run_id := self.selected_run()) is not None:
             self.app.open_detail(run_id)
 
-    def action_stop(self) -> None:
-        if (run_id := self._need_run()) is not None:
-            self.app.stop_run(run_id)
-
-    def action_resume(self) -> None:
-        if (run_id := self._need_run()) is not None:
-            self.app.resume_run(run_id)
-
-    def action_delete(self) -> None:
-        if (run_id := self._need_run()) is not None:
-            self.app.delete_run(run_id)
-
-    def action_tags(self) -> None:
-        if (run_id := self._need_run()) is not None:
-            self.app.edit_tags(run_id)
-
     def action_mark(self) -> None:
-        run_id = self._need_run()
+        run_id = self.selected_run()
         if run_id is None:
             return
         self.marked ^= {run_id}
@@ -335,9 +307,6 @@ class RunsScreen(Screen):
             self.app.say("mark two or more runs with space first, then press c", "warning")
             return
         self.app.open_compare(ids)
-
-    def action_explorer(self) -> None:
-        self.app.open_explorer(self.current_id())
 
     def action_filter(self) -> None:
         self.query_one("#filter", Input).focus()
@@ -380,8 +349,3 @@ class RunsScreen(Screen):
             self.sort_by = column
             self.update_table()
             self.update_chrome()
-
-    def action_help(self) -> None:
-        from mlmlab.tui.modals import HelpScreen
-
-        self.app.push_screen(HelpScreen(self, GUIDE))
