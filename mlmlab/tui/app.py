@@ -72,15 +72,15 @@ class MlmlabApp(App):
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         """Every key of the current screen is also a palette command."""
+        from mlmlab.tui.modals import screen_keys
+
         yield from super().get_system_commands(screen)
-        seen = {"quit", "app.quit", "command_palette"}
-        for active in screen.active_bindings.values():
+        for active in screen_keys(screen):
             binding = active.binding
-            if not binding.description or binding.action in seen or not active.enabled:
-                continue
-            seen.add(binding.action)
+            if binding.action == "app.quit":
+                continue  # the palette has its own Quit
             key = self.get_key_display(binding)
-            yield SystemCommand(binding.description, f"{binding.tooltip or binding.description} (key: {key})",
+            yield SystemCommand(binding.description, f"key {key}" + (f": {binding.tooltip}" if binding.tooltip else ""),
                                 partial(self.call_later, active.node.run_action, binding.action))
 
     # --- devices ---------------------------------------------------------------------------------

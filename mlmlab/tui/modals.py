@@ -8,7 +8,7 @@ from typing import Any
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import ActiveBinding, Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, Input, Label, Static, TextArea
@@ -168,6 +168,20 @@ class PresetNameDialog(Dialog):
         return name
 
 
+def screen_keys(screen: Screen) -> list[ActiveBinding]:
+    """A screen's own enabled keys, once per action: not Textual's focus and copy keys, not widgets' keys."""
+    generic = {binding.action for binding in Screen.BINDINGS if isinstance(binding, Binding)}
+    found, seen = [], set()
+    for active in screen.active_bindings.values():
+        binding = active.binding
+        if (active.node is not screen or not binding.description or binding.action in seen
+                or binding.action in generic or not active.enabled):
+            continue
+        seen.add(binding.action)
+        found.append(active)
+    return found
+
+
 class HelpScreen(ModalScreen):
     """The keys of the screen underneath, and where things are."""
 
@@ -180,12 +194,8 @@ class HelpScreen(ModalScreen):
 
     def compose(self) -> ComposeResult:
         keys = Text()
-        seen = set()
-        for key, active in self.under.active_bindings.items():
+        for active in screen_keys(self.under):
             binding = active.binding
-            if not binding.description or binding.action in seen:
-                continue
-            seen.add(binding.action)
             keys.append(f"{binding.key_display or self.app.get_key_display(binding):>10}  ", style="bold")
             keys.append(binding.description + "\n")
         with VerticalScroll(classes="dialog-box help-box"):
