@@ -70,7 +70,7 @@ def add_db(parser: argparse.ArgumentParser) -> None:
 
 
 def db_path(args: argparse.Namespace) -> Path:
-    from mlmlab.store import default_db_path
+    from mlmlab.paths import default_db_path  # not mlmlab.store: the app must start before sqlite-utils loads
 
     return getattr(args, "db", None) or default_db_path()
 

@@ -28,13 +28,13 @@ from typing import Any
 from sqlite_utils import Database, Migrations
 
 from mlmlab.errors import StoreError
+from mlmlab.paths import DEFAULT_DB, default_db_path  # noqa: F401 - re-exported: callers import them from here
 
 SCHEMA_VERSION = 1
 STATUSES = ("queued", "running", "completed", "failed", "stopped", "crashed")
 ACTIVE = ("queued", "running")
 HEARTBEAT_TIMEOUT_S = 120.0  # a run on another host that has not beaten for this long reads as crashed
 BUSY_TIMEOUT_MS = 30_000
-DEFAULT_DB = Path("runs") / "mlmlab.db"
 
 migrations = Migrations("mlmlab")
 
@@ -125,10 +125,6 @@ def m001_initial(db: Database) -> None:
         FROM runs r;
         """
     )
-
-
-def default_db_path() -> Path:
-    return Path(os.environ.get("MLMLAB_DB") or DEFAULT_DB)
 
 
 def this_host() -> str:

@@ -382,7 +382,11 @@ from pathlib import Path
 from mlmlab.tui.app import make_app
 
 async def main():
-    app = make_app(Path({str(db_path)!r}), poll_interval=0.1)
+    from mlmlab.cli import build_parser, db_path
+    path = db_path(build_parser().parse_args(["--db", {str(db_path)!r}]))  # the CLI's way in
+    before = sorted(m for m in ("sqlite_utils", "numpy", "torch") if m in sys.modules)
+    print("BEFORE", before)
+    app = make_app(path, poll_interval=0.1)
     async with app.run_test() as pilot:
         for _ in range(50):
             await pilot.pause(0.05)
@@ -396,6 +400,8 @@ asyncio.run(main())
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+    before = next(line for line in result.stdout.splitlines() if line.startswith("BEFORE"))
+    assert before == "BEFORE []"  # the first screen is not kept waiting for sqlite-utils (and numpy)
     line = next(line for line in result.stdout.splitlines() if line.startswith("HEAVY"))
     heavy = eval(line.removeprefix("HEAVY "))
     assert "torch" not in heavy and "mlmlab.training" not in heavy and "mlmlab.model" not in heavy
