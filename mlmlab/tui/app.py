@@ -285,6 +285,9 @@ class MlmlabApp(App):
         except ImportError as exc:
             self.say(f"the mask explorer is not installed in this build ({exc})", "warning")
             return
+        except Exception as exc:  # noqa: BLE001 - a broken module must not take the app down
+            self.say(f"the mask explorer failed to load: {describe_error(exc)}", "error")
+            return
         self.push_screen(MaskExplorerScreen(self.db_path, run_id))
 
     def open_new_run(self) -> None:
