@@ -205,7 +205,7 @@ def _check_keys(raw: dict[str, Any]) -> None:
     known = set(all_keys())
     for section, values in raw.items():
         if section not in SECTIONS:
-            _unknown(section)
+            _unknown(f"{section}.{next(iter(values))}" if isinstance(values, dict) and values else section)
         if not isinstance(values, dict):
             raise ConfigError(f"[{section}] must be a table of keys, got {values!r}")
         for name in values:
@@ -214,11 +214,10 @@ def _check_keys(raw: dict[str, Any]) -> None:
 
 
 def _unknown(key: str) -> None:
-    choices = all_keys() + list(SECTIONS)
-    close = difflib.get_close_matches(key, choices, n=1, cutoff=0.6)
-    if not close:  # a bare name in the wrong section, e.g. model.steps
-        tail = key.rsplit(".", 1)[-1]
-        close = [k for k in all_keys() if k.endswith("." + tail)][:1]
+    tail = key.rsplit(".", 1)[-1]
+    close = [k for k in all_keys() if k.endswith("." + tail)][:1]  # right name, wrong section
+    if not close:
+        close = difflib.get_close_matches(key, all_keys() + list(SECTIONS), n=1, cutoff=0.6)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     raise ConfigError(f"unknown config key '{key}'{hint}")
 
