@@ -168,3 +168,16 @@ def test_schedules(schedule):
     assert max(lrs) == pytest.approx(lrs[9], rel=0.15)
     if schedule == "cosine":
         assert lrs[-1] == pytest.approx(0.1, abs=0.01)
+
+
+def test_short_sequence_warmup(db_path, tiny_sets):
+    sets = tiny_sets + ["train.steps=20", "train.short_seq_len=8", "train.short_seq_steps=10"]
+    result = run_cli("run", "--db", str(db_path), "--quiet", *sets_args(sets))
+    assert result.returncode == 0, result.stderr
+    with Store(db_path, readonly=True) as store:
+        tokens = dict(store.series(1, "train_loss", x="step"))
+        run = store.run(1)
+        by_step = {s: t for s, t in zip([s for s, _ in store.series(1, "lr")], [t for t, _ in store.series(1, "lr", x="tokens")])}
+    assert run["tokens"] == 10 * 16 * 8 + 10 * 16 * 32
+    assert by_step[10] == 10 * 16 * 8 and by_step[20] == run["tokens"]
+    assert len(tokens) == 4
