@@ -238,11 +238,11 @@ class Predictor:
 
     # Sentence → ids ---------------------------------------------------------------------------
 
-    def _encode(self, masked: MaskedText) -> tuple[list[int], list[str]]:
-        """Ids the model sees for each position, and notes about characters it never saw."""
+    def _encode(self, masked: MaskedText, start: int = 0, end: int | None = None) -> tuple[list[int], list[str]]:
+        """Ids the model sees for positions start..end, and notes about characters it never saw there."""
         stoi = self.tokenizer.stoi
         ids, unseen_visible, unseen_answers = [], [], []
-        for i, slot in enumerate(masked.slots):
+        for i, slot in enumerate(masked.slots[start:end], start):
             if slot.kind == MASKED:
                 ids.append(MASK_ID)
             elif slot.kind == RANDOM:
@@ -282,9 +282,9 @@ class Predictor:
     def _prepare(self, masked: MaskedText) -> tuple[list[int], int, int, list[str]]:
         if not masked.hidden:
             raise NotationError("nothing is masked: wrap text in {braces} or write [MASK] where a character is hidden")
-        ids, notes = self._encode(masked)
         start, end, window_notes = self._window(masked)
-        return ids[start:end], start, end, window_notes + notes
+        ids, notes = self._encode(masked, start, end)
+        return ids, start, end, window_notes + notes
 
     # Forward -----------------------------------------------------------------------------------
 
