@@ -165,11 +165,12 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from mlmlab.notation import parse
-    from mlmlab.prediction import FILL_ALL, FILL_ITERATIVE, PredictorCache, load_predictor
+    from mlmlab.prediction import FILL_ALL, FILL_ITERATIVE, PredictorCache, load_predictor, use_prediction_threads
 
     if args.top_k < 1:
         raise MlmlabError(f"--top-k must be at least 1, not {args.top_k}")
     masked = parse(args.text)  # before loading anything: a typo should not wait for torch
+    use_prediction_threads()
     ref, predictor = load_predictor(db_path(args), args.run, args.checkpoint, PredictorCache(size=1))
     result = predictor.predict(masked, args.top_k, FILL_ITERATIVE if args.iterative else FILL_ALL)
     if args.json:

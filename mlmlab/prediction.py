@@ -32,6 +32,10 @@ from mlmlab.store import Store, effective_status
 from mlmlab.tokenizer import MASK_ID, N_SPECIAL, UNK, UNK_ID, CharTokenizer, tokenizer_from_dict
 
 FILL_ALL, FILL_ITERATIVE = "all", "iterative"
+# One sentence is a few (1, T ≤ 128) matrix products: a second CPU thread saves almost nothing
+# when the machine is idle, and when training runs or tests share the cores, OpenMP threads
+# waiting on each other turned a 3 ms prediction into 50-500 ms (experiments/bench_predict.py).
+PREDICT_THREADS = 1
 _KIND_NAMES = {KIND_MASK: MASKED, KIND_RANDOM: RANDOM, KIND_KEEP: KEEP}
 
 
@@ -427,6 +431,12 @@ class PredictorCache:
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+
+
+def use_prediction_threads(threads: int = PREDICT_THREADS) -> None:
+    """Set torch's intra-op CPU threads for this process. Only front ends that own their process
+    (`mlmlab predict`, the app) call this: it is process-wide, and training wants every core."""
+    torch.set_num_threads(threads)
 
 
 def load_predictor(db_path: Path, run_ref: str | int, step: int | None, cache: PredictorCache) -> tuple[CheckpointRef, Predictor]:

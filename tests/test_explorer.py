@@ -227,3 +227,21 @@ async def test_random_mask_iterative_fill_and_attention_view(trained_run):
         await wait_for(pilot, lambda: screen.outcome.attention.layer == 0 and screen.outcome.attention.head == 0)
         assert "layer 1/2" in shown(screen, "#attention") and "head 1/2" in shown(screen, "#attention")
         await settle(app)
+
+
+async def test_runs_started_while_open_appear_in_the_pickers(tmp_path):
+    db = tmp_path / "runs.db"
+    with Store(db) as store:
+        store.create_run(name="first", config={"train": {"checkpoint_every": 100}}, vocab={}, total_steps=5)
+    app = Host(db, None)
+    async with app.run_test(size=(110, 40)) as pilot:
+        screen = app.screen
+        await wait_for(pilot, lambda: "has no checkpoint yet" in shown(screen, "#status"))
+        with Store(db) as store:
+            store.create_run(name="second", config={"train": {"checkpoint_every": 100}}, vocab={}, total_steps=5)
+        screen._refresh_choices()  # what the screen's 5-second timer calls
+        await pilot.pause()
+        assert screen.query_one("#run", Select).value == 1  # the choice stays
+        compare = [value for _, value in screen.query_one("#compare", Select)._options]
+        assert "run:2" in compare
+        await settle(app)

@@ -455,9 +455,9 @@ class MaskExplorerScreen(Screen):
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="pickers"):
-            yield Select([], id="run", prompt="run", allow_blank=True)
-            yield Select([(Text("latest checkpoint"), LATEST)], id="checkpoint", allow_blank=False)
-            yield Select([(Text("no comparison"), NO_COMPARISON)], id="compare", allow_blank=False)
+            yield Select([], id="run", prompt="run", allow_blank=True, compact=True)
+            yield Select([(Text("latest checkpoint"), LATEST)], id="checkpoint", allow_blank=False, compact=True)
+            yield Select([(Text("no comparison"), NO_COMPARISON)], id="compare", allow_blank=False, compact=True)
         yield Input(self.initial_text, id="sentence-input", placeholder="The {quick} brown fox  ·  [MASK] hides one unknown character")
         yield Static(id="status", markup=False)
         yield MaskedSentence(id="sentence")
@@ -480,7 +480,7 @@ class MaskExplorerScreen(Screen):
         self.query_one("#attention-pane").display = False
         self._load_runs(select=self.initial_run)
         self._parse(self.initial_text)
-        self.set_interval(5.0, self._refresh_checkpoints)
+        self.set_interval(5.0, self._refresh_choices)
 
     def on_unmount(self) -> None:
         if self._predictors is not None:
@@ -523,8 +523,11 @@ class MaskExplorerScreen(Screen):
         if not runs:
             self.say(f"no runs yet in {self.db_path}: start one with `mlmlab run`", error=True)
             return
-        picker.set_options([(Text(f"{r['id']} {r['name']} ({effective_status(r)}, step {r['step']})"), r["id"]) for r in runs])
         ids = [r["id"] for r in runs]
+        if select is None and isinstance(picker.value, int):
+            select = picker.value
+        self._option_values[picker.id] = ids
+        picker.set_options([(Text(f"{r['id']} {r['name']} ({effective_status(r)}, step {r['step']})"), r["id"]) for r in runs])
         picker.value = select if select in ids else ids[-1]
 
     def _checkpoint_options(self, run_id: int) -> tuple[list, list]:
@@ -546,7 +549,11 @@ class MaskExplorerScreen(Screen):
         if keep in [value for _, value in options]:
             select.value = keep
 
-    def _refresh_checkpoints(self) -> None:
+    def _refresh_choices(self) -> None:
+        """Runs and checkpoints appear while the screen is open: keep the pickers current."""
+        ids = self._read_store(lambda store: [r["id"] for r in store.runs()])
+        if ids is not None and ids != self._option_values.get("run"):
+            self._load_runs()
         run_id = self.query_one("#run", Select).value
         if isinstance(run_id, int):
             steps, compare = self._checkpoint_options(run_id)
@@ -650,8 +657,9 @@ class MaskExplorerScreen(Screen):
     def _cache(self) -> PredictorCache:
         with self._cache_lock:
             if self._predictors is None:
-                from mlmlab.prediction import PredictorCache
+                from mlmlab.prediction import PredictorCache, use_prediction_threads
 
+                use_prediction_threads()  # the app's process runs no training: runs are subprocesses
                 self._predictors = PredictorCache(size=4)
             return self._predictors
 
