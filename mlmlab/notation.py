@@ -14,8 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from mlmlab.errors import NotationError
-
-MASK_TEXT = "[MASK]"
+from mlmlab.tokenizer import MASK as MASK_TEXT  # the tokenizer is plain Python too
 ESCAPABLE = "{}[\\"
 
 # How a position is hidden; the names match the training samples' `tokens` column.

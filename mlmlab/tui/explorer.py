@@ -36,6 +36,7 @@ from textual.worker import Worker, WorkerState, get_current_worker
 from mlmlab.errors import MlmlabError
 from mlmlab.notation import KEEP, MASK_TEXT, MASKED, RANDOM, MaskedText, parse, visible
 from mlmlab.store import Store, effective_status
+from mlmlab.tokenizer import UNK as UNK_TEXT
 
 if TYPE_CHECKING:
     from mlmlab.prediction import AttentionMap, CheckpointRef, Prediction, PredictorCache
@@ -50,7 +51,6 @@ KIND_STYLES = {MASKED: "bold white on dark_blue", RANDOM: "bold black on magenta
 KIND_LABELS = {MASKED: "[MASK]", RANDOM: "random token", KEEP: "unchanged"}
 RIGHT, WRONG, NEUTRAL = "bold green", "bold red", "bold yellow"
 DISAGREE = "underline on dark_magenta"
-UNK_TEXT = "[UNK]"
 
 
 # --- requests and outcomes (plain data; the worker computes, the screen draws) -----------------
@@ -450,6 +450,7 @@ class MaskExplorerScreen(Screen):
         self._cache_lock = threading.Lock()
         self._echo: str | None = None  # the input value we set ourselves (its Changed event is ours)
         self._option_values: dict[str | None, list] = {}
+        self._asked: tuple | None = None  # the question of the latest request, to skip asking it twice
 
     # Layout --------------------------------------------------------------------------------
 
@@ -555,11 +556,16 @@ class MaskExplorerScreen(Screen):
         if ids is not None and ids != self._option_values.get("run"):
             self._load_runs()
         run_id = self.query_one("#run", Select).value
-        if isinstance(run_id, int):
-            steps, compare = self._checkpoint_options(run_id)
-            for select, options in ((self.query_one("#checkpoint", Select), steps), (self.query_one("#compare", Select), compare)):
-                if [v for _, v in options] != self._option_values.get(select.id):
-                    self._set_options(select, options)
+        if not isinstance(run_id, int):
+            return
+        steps, compare = self._checkpoint_options(run_id)
+        checkpoints = self.query_one("#checkpoint", Select)
+        new_checkpoint = [v for _, v in steps] != self._option_values.get(checkpoints.id)
+        for select, options in ((checkpoints, steps), (self.query_one("#compare", Select), compare)):
+            if [v for _, v in options] != self._option_values.get(select.id):
+                self._set_options(select, options)
+        if new_checkpoint and checkpoints.value == LATEST:
+            self.predict(force=True)  # "latest" now means a newer checkpoint
 
     @on(Select.Changed, "#run")
     def _run_changed(self) -> None:
@@ -639,20 +645,24 @@ class MaskExplorerScreen(Screen):
 
     # Predictions ---------------------------------------------------------------------------
 
-    def predict(self, draw: tuple[int, int] | None = None) -> None:
+    def predict(self, draw: tuple[int, int] | None = None, force: bool = False) -> None:
         """Ask the worker about the current sentence; stale answers are dropped when they arrive."""
         targets = self.targets()
         if targets is None or self.masked is None:
             return
         if not self.masked.hidden and draw is None:
+            self._asked = None
             self.say("nothing is masked: wrap text in {braces}, write [MASK], or hide characters below "
                      "(Enter, then Space / w / r)", error=True)
             self._clear_results()
             return
-        self.serial += 1
         attention = (self.attn_layer, self.attn_head) if self.attention_on else None
-        request = Request(self.serial, self.db_path, *targets, self.masked, self.top_k, self.mode, attention, draw)
-        self._predict(request)
+        question = (*targets, self.masked, self.top_k, self.mode, attention)
+        if question == self._asked and draw is None and not force:
+            return  # a Select echoing a value it already had: the answer is on screen or on its way
+        self._asked = question
+        self.serial += 1
+        self._predict(Request(self.serial, self.db_path, *question, draw))
 
     def _cache(self) -> PredictorCache:
         with self._cache_lock:
@@ -693,6 +703,7 @@ class MaskExplorerScreen(Screen):
     @on(Failed)
     def _failed(self, event: Failed) -> None:
         if event.serial == self.serial:
+            self._asked = None  # asking again may succeed (a checkpoint may have been written since)
             self.say(event.text, error=True)
             self._clear_results()
 
