@@ -62,7 +62,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        reason = "holds objects other than tensors and plain data (refused; it may run code)" if "Weights only" in str(exc) else "corrupt"
+        # torch words every weights_only failure "Weights only load failed"; a refused object says
+        # "Unsupported global", while garbage bytes fail on an unknown opcode.
+        refused = "Unsupported global" in str(exc)
+        reason = "holds objects other than tensors and plain data (refused; it may run code)" if refused else "corrupt"
         raise CheckpointError(f"checkpoint {path}: {reason}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         raise CheckpointError(f"checkpoint {path}: truncated or corrupt ({str(exc).splitlines()[0][:120]})") from None

@@ -1,1 +1,1 @@
-"""The terminal app, on top of the engine: it launches `mlmlab run` and reads the database."""
+"""The `mlmlab` terminal app. Importing this package imports nothing heavy (no torch, no store)."""
