@@ -44,6 +44,29 @@ DEFAULT_DB = Path("runs") / "mlmlab.db"
 migrations = Migrations("mlmlab")
 
 
+# One row per run. `active` is the list of statuses that read as crashed once the heartbeat is
+# older than HEARTBEAT_TIMEOUT_S (SQL cannot see pids: Store.summaries() also checks those).
+RUN_SUMMARY_VIEW = """
+        CREATE VIEW run_summary AS
+        SELECT
+            r.id, r.name,
+            CASE WHEN r.status IN ({active}) AND r.heartbeat_at < unixepoch('now') - 120 THEN 'crashed'
+                 ELSE r.status END AS status,
+            r.step AS steps, r.total_steps, r.tokens, r.device, r.precision, r.n_params,
+            (SELECT value FROM metrics m WHERE m.run_id = r.id AND m.name = 'train_loss' ORDER BY m.step DESC LIMIT 1) AS train_loss,
+            (SELECT value FROM metrics m WHERE m.run_id = r.id AND m.name = 'eval_loss' ORDER BY m.step DESC LIMIT 1) AS eval_loss,
+            (SELECT min(value) FROM metrics m WHERE m.run_id = r.id AND m.name = 'eval_loss') AS best_eval_loss,
+            (SELECT value FROM metrics m WHERE m.run_id = r.id AND m.name = 'eval_acc' ORDER BY m.step DESC LIMIT 1) AS eval_acc,
+            (SELECT max(value) FROM metrics m WHERE m.run_id = r.id AND m.name = 'eval_acc') AS best_eval_acc,
+            (SELECT value FROM metrics m WHERE m.run_id = r.id AND m.name = 'tokens_per_s' ORDER BY m.step DESC LIMIT 1) AS tokens_per_s,
+            round(r.elapsed, 1) AS duration_s,
+            datetime(r.started_at, 'unixepoch', 'localtime') AS started,
+            datetime(r.ended_at, 'unixepoch', 'localtime') AS ended,
+            r.tags, r.note, r.error
+        FROM runs r
+"""
+
+
 @migrations()
 def m001_initial(db: Database) -> None:
     db.executescript(
@@ -111,24 +134,8 @@ def m001_initial(db: Database) -> None:
             eval_acc REAL,
             UNIQUE (run_id, step)
         );
-        CREATE VIEW run_summary AS
-        SELECT
-            r.id, r.name,
-            CASE WHEN r.status = 'running' AND r.heartbeat_at < unixepoch('now') - 120 THEN 'crashed'
-                 ELSE r.status END AS status,
-            r.step AS steps, r.total_steps, r.tokens, r.device, r.precision, r.n_params,
-            (SELECT value FROM metrics m WHERE m.run_id = r.id AND m.name = 'train_loss' ORDER BY m.step DESC LIMIT 1) AS train_loss,
-            (SELECT value FROM metrics m WHERE m.run_id = r.id AND m.name = 'eval_loss' ORDER BY m.step DESC LIMIT 1) AS eval_loss,
-            (SELECT min(value) FROM metrics m WHERE m.run_id = r.id AND m.name = 'eval_loss') AS best_eval_loss,
-            (SELECT value FROM metrics m WHERE m.run_id = r.id AND m.name = 'eval_acc' ORDER BY m.step DESC LIMIT 1) AS eval_acc,
-            (SELECT max(value) FROM metrics m WHERE m.run_id = r.id AND m.name = 'eval_acc') AS best_eval_acc,
-            (SELECT value FROM metrics m WHERE m.run_id = r.id AND m.name = 'tokens_per_s' ORDER BY m.step DESC LIMIT 1) AS tokens_per_s,
-            round(r.elapsed, 1) AS duration_s,
-            datetime(r.started_at, 'unixepoch', 'localtime') AS started,
-            datetime(r.ended_at, 'unixepoch', 'localtime') AS ended,
-            r.tags, r.note, r.error
-        FROM runs r;
         """
+        + RUN_SUMMARY_VIEW.format(active="'running'")
     )
 
 
@@ -136,27 +143,7 @@ def m001_initial(db: Database) -> None:
 def m002_summary_queued_crashed(db: Database) -> None:
     """run_summary: a queued run whose heartbeat stopped is crashed too (v1 only checked running)."""
     db.execute("DROP VIEW IF EXISTS run_summary")
-    db.execute(
-        """
-        CREATE VIEW run_summary AS
-        SELECT
-            r.id, r.name,
-            CASE WHEN r.status IN ('queued', 'running') AND r.heartbeat_at < unixepoch('now') - 120 THEN 'crashed'
-                 ELSE r.status END AS status,
-            r.step AS steps, r.total_steps, r.tokens, r.device, r.precision, r.n_params,
-            (SELECT value FROM metrics m WHERE m.run_id = r.id AND m.name = 'train_loss' ORDER BY m.step DESC LIMIT 1) AS train_loss,
-            (SELECT value FROM metrics m WHERE m.run_id = r.id AND m.name = 'eval_loss' ORDER BY m.step DESC LIMIT 1) AS eval_loss,
-            (SELECT min(value) FROM metrics m WHERE m.run_id = r.id AND m.name = 'eval_loss') AS best_eval_loss,
-            (SELECT value FROM metrics m WHERE m.run_id = r.id AND m.name = 'eval_acc' ORDER BY m.step DESC LIMIT 1) AS eval_acc,
-            (SELECT max(value) FROM metrics m WHERE m.run_id = r.id AND m.name = 'eval_acc') AS best_eval_acc,
-            (SELECT value FROM metrics m WHERE m.run_id = r.id AND m.name = 'tokens_per_s' ORDER BY m.step DESC LIMIT 1) AS tokens_per_s,
-            round(r.elapsed, 1) AS duration_s,
-            datetime(r.started_at, 'unixepoch', 'localtime') AS started,
-            datetime(r.ended_at, 'unixepoch', 'localtime') AS ended,
-            r.tags, r.note, r.error
-        FROM runs r
-        """
-    )
+    db.execute(RUN_SUMMARY_VIEW.format(active="'queued', 'running'"))
 
 
 def default_db_path() -> Path:
