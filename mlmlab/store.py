@@ -373,10 +373,15 @@ class Store:
 
     def summaries(self) -> list[dict[str, Any]]:
         """`run_summary` rows with the status made effective (dead local pids read as crashed)."""
-        runs = {r["id"]: r for r in self.runs()}
-        rows = self._query("select * from run_summary order by id")
+        # One statement, so one snapshot: a run inserted by another process between two reads
+        # cannot appear in one and not the other.
+        rows = self._query(
+            "select s.*, r.status as _status, r.pid as _pid, r.host as _host, r.heartbeat_at as _heartbeat_at,"
+            " r.created_at as _created_at from run_summary s join runs r on r.id = s.id order by s.id"
+        )
         for row in rows:
-            row["status"] = effective_status(runs[row["id"]])
+            raw = {key[1:]: row.pop(key) for key in ("_status", "_pid", "_host", "_heartbeat_at", "_created_at")}
+            row["status"] = effective_status(raw)
             row["tags"] = json.loads(row["tags"] or "[]")
         return rows
 
