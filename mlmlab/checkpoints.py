@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -107,9 +108,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: file is missing")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about odd pickle protocols: the error line says it all
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        reason = "holds objects other than tensors and plain data (refused; it may run code)" if "Weights only" in str(exc) else "corrupt"
+        if "GLOBAL" in str(exc):  # the safe unpickler met a reference to code, and stopped there
+            reason = "holds objects other than tensors and plain data (refused; it may run code)"
+        else:
+            reason = "truncated or corrupt (not a file the safe loader can read)"
         raise CheckpointError(f"checkpoint {path}: {reason}") from None
     except OSError as exc:
         raise CheckpointError(f"checkpoint {path}: cannot read ({exc.strerror or exc})") from None

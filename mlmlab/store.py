@@ -199,32 +199,53 @@ class Store:
         self.db = Database(self._connect())
         try:
             self._prepare()
-        except BaseException as exc:
+        except sqlite3.Error as exc:
             self.close()
-            if isinstance(exc, sqlite3.Error):
-                raise StoreError(f"database {self.path}: {_describe(exc)}") from None
+            if not (readonly and "unable to open" in str(exc) and self._folder_is_read_only()):
+                raise StoreError(f"database {self.path}: {self._open_problem(exc)}") from None
+            # A WAL database in a read-only folder (an archive, a read-only mount) whose -shm file
+            # is gone: SQLite cannot create one. Nothing can be writing there, so read it immutable.
+            self.db = Database(self._connect(immutable=True))
+            try:
+                self._prepare()
+            except BaseException as again:
+                self.close()
+                if isinstance(again, sqlite3.Error):
+                    raise StoreError(f"database {self.path}: {self._open_problem(again)}") from None
+                raise
+        except BaseException:
+            self.close()
             raise
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, immutable: bool = False) -> sqlite3.Connection:
         if self.path.is_dir():
             raise StoreError(f"database {self.path}: is a folder, not a database file")
         if self.readonly:
             if not self.path.is_file():
                 raise StoreError(f"database {self.path}: no such file")
-            uri = f"file:{quote(str(self.path.resolve()))}?mode=ro"
+            uri = f"file:{quote(str(self.path.resolve()))}?mode=ro" + ("&immutable=1" if immutable else "")
             try:
                 conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
             except sqlite3.Error as exc:
-                raise StoreError(f"database {self.path}: cannot open ({_describe(exc)})") from None
+                raise StoreError(f"database {self.path}: {self._open_problem(exc)}") from None
         else:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000)
-            except (OSError, sqlite3.Error) as exc:
-                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else _describe(exc)
-                raise StoreError(f"database {self.path}: cannot open ({reason})") from None
+            except OSError as exc:
+                raise StoreError(f"database {self.path}: cannot create its folder ({exc.strerror})") from None
+            except sqlite3.Error as exc:
+                raise StoreError(f"database {self.path}: {self._open_problem(exc)}") from None
         conn.row_factory = sqlite3.Row
         return conn
+
+    def _folder_is_read_only(self) -> bool:
+        return not os.access(self.path.resolve().parent, os.W_OK)
+
+    def _open_problem(self, exc: sqlite3.Error) -> str:
+        if "unable to open" in str(exc) and self._folder_is_read_only():
+            return f"cannot write in its folder {self.path.resolve().parent} (read-only or no permission)"
+        return _describe(exc)
 
     def _prepare(self) -> None:
         self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -526,6 +547,15 @@ class Store:
         with self._write():
             self.db.execute("delete from checkpoints where run_id = ? and step = ?", [run_id, step])
 
+    def drop_missing_checkpoints(self, run_id: int) -> list[int]:
+        """Remove the rows of checkpoints whose file is gone (a deleted run folder). Returns their steps."""
+        gone = [row for row in self.checkpoints(run_id) if not Path(row["path"]).is_file()]
+        if gone:
+            with self._write():
+                for row in gone:
+                    self.db.execute("delete from checkpoints where id = ?", [row["id"]])
+        return [row["step"] for row in gone]
+
     def checkpoints(self, run_id: int) -> list[dict[str, Any]]:
         return self._query("select * from checkpoints where run_id = ? order by step", [run_id])
 
@@ -555,9 +585,7 @@ class Store:
             ):
                 raise StoreError(f"run {run_id} changed while preparing to resume it (resumed elsewhere?); try again")
             removed = self.truncate_after(run_id, step)
-            for row in self.checkpoints(run_id):
-                if not Path(row["path"]).is_file():
-                    self.db.execute("delete from checkpoints where id = ?", [row["id"]])
+            self.drop_missing_checkpoints(run_id)
             path = Path(checkpoint["path"])
             self.db.execute(
                 "insert or ignore into checkpoints (run_id, step, path, bytes, tokens, created_at) values (?, ?, ?, ?, ?, ?)",

@@ -516,6 +516,8 @@ class Trainer:
         self.flush(progress, force=True)
         if not Path(self.run_dir).is_dir():
             self.reporter.message(f"the run folder {self.run_dir} was missing (deleted?): writing checkpoints there again")
+            if self.store:
+                self.store.drop_missing_checkpoints(self.run_id)
         path = ckpt.checkpoint_path(self.run_dir, progress.step)
         try:
             size = ckpt.save_checkpoint(self._payload(model, optimizer, progress, data_gen, mask_gen), path)

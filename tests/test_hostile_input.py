@@ -15,7 +15,6 @@ import math
 import sqlite3
 import string
 
-import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
