@@ -197,6 +197,7 @@ class Store:
         self.path = Path(path) if path is not None else default_db_path()
         self.readonly = readonly
         self.db = Database(self._connect())
+        self._identity = self._file_identity()
         try:
             self._prepare()
         except sqlite3.Error as exc:
@@ -238,6 +239,24 @@ class Store:
                 raise StoreError(f"database {self.path}: {self._open_problem(exc)}") from None
         conn.row_factory = sqlite3.Row
         return conn
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        try:
+            info = os.stat(self.path)
+        except OSError:
+            return None
+        return info.st_dev, info.st_ino
+
+    def check_same_file(self) -> None:
+        """Raise a StoreError if the database file was deleted or replaced since this Store opened it.
+
+        SQLite keeps writing to a deleted file's open inode, so without this check a run whose
+        database was removed (or swapped for another) would log into nothing, silently.
+        """
+        now = self._file_identity()
+        if now != self._identity:
+            what = "deleted" if now is None else "replaced by another file"
+            raise StoreError(f"database {self.path} was {what} while it was open")
 
     def _folder_is_read_only(self) -> bool:
         return not os.access(self.path.resolve().parent, os.W_OK)
@@ -468,7 +487,11 @@ class Store:
     # --- metrics, samples, checkpoints --------------------------------------------------------
 
     def add_metrics(self, rows: list[dict[str, Any]], heartbeat: dict[str, Any] | None = None) -> None:
-        """Insert a batch of metric rows (and beat the heart) in one transaction."""
+        """Insert a batch of metric rows (and beat the heart) in one transaction.
+
+        This is a run's periodic write, so it also checks the file is still the one it opened.
+        """
+        self.check_same_file()
         with self._write():
             if rows:
                 self.db["metrics"].insert_all(rows, batch_size=500)

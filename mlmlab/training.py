@@ -382,13 +382,13 @@ class Trainer:
             return f"the checkpoint at step {progress.step} is on disk"
         if not _finite(model):
             return f"no checkpoint written: the weights are not finite (last good checkpoint: {self._last_ckpt_text()})"
+        path = ckpt.checkpoint_path(self.run_dir, progress.step)
         try:
-            ckpt.save_checkpoint(self._payload(model, optimizer, progress, data_gen, mask_gen),
-                                 ckpt.checkpoint_path(self.run_dir, progress.step))
+            ckpt.save_checkpoint(self._payload(model, optimizer, progress, data_gen, mask_gen), path)
         except CheckpointError as exc:
             return f"{exc} (last good checkpoint: {self._last_ckpt_text()})"
         self._last_good_ckpt = progress.step
-        return f"saved a checkpoint at step {progress.step}: resume with `mlmlab run --resume {self.run_id}` once the database is fixed"
+        return f"saved a checkpoint at step {progress.step} ({path}); `mlmlab run --resume {self.run_id}` finds it"
 
     def _last_ckpt_text(self) -> str:
         return f"step {self._last_good_ckpt}" if self._last_good_ckpt is not None else "none"

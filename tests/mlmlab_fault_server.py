@@ -1,7 +1,7 @@
 """A fork server for the kill tests: pay for `import torch` once, then run many `mlmlab` commands.
 
 Reads one JSON request per line on stdin and runs `mlmlab.cli.main(argv)` in a forked child, with
-stdout and stderr going to the request's `out` file. A request may name a `fault`: the child then
+stdout and stderr going to the request's `out` file (a `batch` of requests runs concurrently). A request may name a `fault`: the child then
 SIGKILLs itself at the `hit`-th time it reaches that point (see FAULTS). Replies, one JSON line
 each: {"pid": P} when the child starts (so the test can kill it from outside too), then
 {"pid": P, "code": C, "signal": S} once it has ended and been reaped.
@@ -173,16 +173,24 @@ def child(request: dict) -> None:
 
 
 def main() -> None:
+    """One request: fork, reply with the pid, reap, reply with the outcome. A request with a
+    `batch` list starts all of them at once (concurrent runs) and replies for each in order."""
     for line in sys.stdin:
         request = json.loads(line)
-        pid = os.fork()
-        if pid == 0:
-            child(request)
-        print(json.dumps({"pid": pid}), flush=True)
-        _, status = os.waitpid(pid, 0)
-        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
-        sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
-        print(json.dumps({"pid": pid, "code": code, "signal": sig}), flush=True)
+        batch = request.get("batch", [request])
+        pids = []
+        for one in batch:
+            pid = os.fork()
+            if pid == 0:
+                child(one)
+            pids.append(pid)
+        for pid in pids:
+            print(json.dumps({"pid": pid}), flush=True)
+        for pid in pids:
+            _, status = os.waitpid(pid, 0)
+            code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+            sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+            print(json.dumps({"pid": pid, "code": code, "signal": sig}), flush=True)
 
 
 if __name__ == "__main__":

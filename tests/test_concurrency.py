@@ -2,8 +2,8 @@
 
 No process sees "database is locked", and each run's rows in the database are exactly what the
 run says it logged. Two levels: the store alone (four writer processes hammering it, no torch, a
-few seconds), and four real `mlmlab run` processes started together on a database that does not
-exist yet (so they also race to create it).
+few seconds), and four `mlmlab run` commands started together on a database that does not exist
+yet (so they also race to create it).
 """
 
 from __future__ import annotations
@@ -14,15 +14,16 @@ import subprocess
 import sys
 import time
 
-from conftest import REPO, TINY_SETS, mlmlab_cmd, sets_args
+from conftest import REPO, TINY_SETS, sets_args
+from forked import FaultServer
 from mlmlab.errors import StoreError
-from mlmlab.store import Store
+from mlmlab.store import Store, pid_alive
 
 N_WRITERS = 4
 
 WRITER = r"""
 import sys, time
-from mlmlab.store import Store
+from mlmlab.store import Store, pid_alive
 db, seconds = sys.argv[1], float(sys.argv[2])
 store = Store(db)  # all four open a database that does not exist yet, at the same moment
 run_id = store.create_run(name="w", config={}, vocab={}, total_steps=1)
@@ -106,19 +107,27 @@ def test_four_store_writers_and_a_reader(tmp_path):
 
 
 def test_four_runs_train_into_one_database(tmp_path, corpus_file):
+    """Four `mlmlab run` commands (forked from one process that imported torch, so that four
+    imports do not dominate the test) start together on a database that does not exist yet."""
     db = tmp_path / "shared" / "mlmlab.db"
     sets = [*TINY_SETS, f"data.source={corpus_file}", "train.steps=100000", "train.max_minutes=0.08",
             "train.log_every=1", "train.eval_every=3", "train.eval_batches=1", "train.checkpoint_every=10",
             "train.batch_size=8", "train.seq_len=16", "model.max_seq_len=16"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen(mlmlab_cmd("run", "--db", str(db), "--name", f"writer-{i}", *sets_args(sets)),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
-             for i in range(N_WRITERS)]
     reader = Reader(db)
-    read_while(procs, reader, timeout=240)
-    logs = [p.communicate()[1] for p in procs]
-    for proc, err in zip(procs, logs):
-        assert proc.returncode == 0, err
+    with FaultServer(tmp_path) as server:
+        started = server.start_together([["run", "--db", str(db), "--name", f"writer-{i}", *sets_args(sets)]
+                                         for i in range(N_WRITERS)])
+        deadline = time.monotonic() + 240
+        while any(pid_alive(pid) for pid, _ in started):
+            assert time.monotonic() < deadline, "the runs did not finish"
+            reader.refresh()
+            time.sleep(0.02)
+        reader.refresh()
+        reader.close()
+        results = [server.wait() for _ in started]
+    logs = [out.read_text() for _, out in started]
+    for result, err in zip(results, logs):
+        assert result["code"] == 0, err
         assert "locked" not in err and "Traceback" not in err, err
     assert not reader.errors, reader.errors[:3]
     with Store(db, readonly=True) as store:

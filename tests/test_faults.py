@@ -195,7 +195,7 @@ def test_database_failing_mid_run_keeps_a_rescue_checkpoint(capsys, db_path, set
     monkeypatch.setattr(Store, "add_metrics", failing)
     code, err = cli(capsys, "run", "--db", str(db_path), "--quiet", sets=[*sets, "train.checkpoint_every=100"])
     line = only_line(err)
-    assert code == 2 and "the disk is full; saved a checkpoint at step" in line and "--resume 1" in line, line
+    assert code == 2 and "the disk is full; saved a checkpoint at step 8" in line and "--resume 1" in line, line
     run = the_run(db_path)
     assert run["status"] == "failed" and "saved a checkpoint" in run["error"]
     rescued = checkpoint_files(run["run_dir"])
@@ -206,6 +206,23 @@ def test_database_failing_mid_run_keeps_a_rescue_checkpoint(capsys, db_path, set
     with Store(db_path, readonly=True) as store:
         assert store.run(1)["status"] == "completed"
         assert step_of(rescued[0]) in [c["step"] for c in store.checkpoints(1)]  # the rescue got its row
+
+
+def test_database_deleted_under_a_run_stops_it_loudly(capsys, db_path, sets, monkeypatch):
+    add_samples, calls = Store.add_samples, {"n": 0}
+
+    def delete_database(self, rows):
+        add_samples(self, rows)
+        calls["n"] += 1
+        if calls["n"] == 1:  # after the first evaluation's samples, someone removes the database
+            for path in db_path.parent.glob("mlmlab.db*"):
+                path.unlink()
+
+    monkeypatch.setattr(Store, "add_samples", delete_database)
+    code, err = cli(capsys, "run", "--db", str(db_path), "--quiet", sets=sets)
+    line = only_line(err)
+    assert code == 2 and "was deleted while it was open" in line and "saved a checkpoint at step 4" in line, line
+    assert load_checkpoint(db_path.parent / "mlmlab" / "run-1" / "ckpt-00000004.pt")["step"] == 4
 
 
 def test_unwritable_run_folder_leaves_no_run(capsys, db_path, sets):

@@ -21,14 +21,13 @@ import os
 import random
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY_SETS, sets_args
+from conftest import TINY_SETS, sets_args
+from forked import FaultServer
 from mlmlab.checkpoints import CKPT_NAME, TEMP_NAME, checkpoint_files, load_checkpoint, step_of
 from mlmlab.store import Store, effective_status
 
@@ -44,34 +43,6 @@ KINDS = ["step", "flush", "flushed", "samples", "ckpt-write", "ckpt-rename", "ck
          "outside", "outside"]
 HITS = {"step": (1, 25), "flush": (1, 4), "flushed": (1, 4), "samples": (1, 2), "ckpt-write": (1, 3),
         "ckpt-rename": (1, 3), "ckpt-row": (1, 3), "prune": (1, 2), "resume-start": (1, 1)}
-
-
-class FaultServer:
-    def __init__(self, workdir: Path):
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-        self.proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "mlmlab_fault_server.py")], cwd=REPO,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-        self.workdir = workdir
-        self.count = 0
-
-    def start(self, argv: list[str], fault: str | None = None, hit: int = 1) -> tuple[int, Path, Path]:
-        self.count += 1
-        out, flushed = self.workdir / f"out-{self.count}.txt", self.workdir / f"flushed-{self.count}.txt"
-        request = {"argv": argv, "fault": fault, "hit": hit, "out": str(out), "flushed": str(flushed)}
-        self.proc.stdin.write(json.dumps(request) + "\n")
-        self.proc.stdin.flush()
-        return json.loads(self.proc.stdout.readline())["pid"], out, flushed
-
-    def wait(self) -> dict:
-        return json.loads(self.proc.stdout.readline())
-
-    def run(self, argv: list[str]) -> tuple[dict, str]:
-        _, out, _ = self.start(argv)
-        return self.wait(), out.read_text()
-
-    def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait(timeout=30)
 
 
 def rows(db: Path, run_id: int = 1) -> dict[int, tuple]:
@@ -139,9 +110,8 @@ def test_kill_nine_at_random_points_loses_nothing(tmp_path, corpus_file):
         rng.shuffle(kinds)
         plan += [(k, rng.randint(*HITS[k]) if k in HITS else 0) for k in kinds]
     plan = plan[:n_points]
-    server = FaultServer(tmp_path)
     survived = []
-    try:
+    with FaultServer(tmp_path) as server:
         for i, (kind, hit) in enumerate(plan):
             label = f"kill {i + 1}/{n_points}: {kind} hit {hit} (seed {seed})"
             argv = ["run", "--db", str(db), "--quiet", *sets] if i == 0 else ["run", "--db", str(db), "--quiet", "--resume", "1"]
@@ -165,8 +135,6 @@ def test_kill_nine_at_random_points_loses_nothing(tmp_path, corpus_file):
         final_steps = step_of(checkpoint_files(run_dir)[-1]) + 3 * CKPT_EVERY
         done, out = server.run(["run", "--db", str(db), "--resume", "1", "--set", f"train.steps={final_steps}"])
         assert done["code"] == 0, out
-    finally:
-        server.close()
     print("kill points survived:", len(survived), survived)
     assert integrity(db) == "ok"
     assert not [p for p in run_dir.iterdir() if TEMP_NAME.fullmatch(p.name)]  # stale temp files were swept
