@@ -549,3 +549,16 @@ def test_training_in_process_gives_signals_back(capsys, db_path, sets):
     code, err = cli(capsys, "run", "--db", str(db_path), "--quiet", sets=[*sets, "train.steps=2"])
     assert code == 0, err
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_odd_database_paths_open_read_only(tmp_path):
+    """The read-only open goes through a file: URI; '?', '#', '%' and spaces in the path must not
+    cut it short (which would open, or create, another file)."""
+    for name in ("a?mode=rwc.db", "b#frag.db", "c%20d.db", "e f ü.db"):
+        path = tmp_path / name
+        with Store(path) as store:
+            store.create_run(name=name, config={}, vocab={}, total_steps=1)
+        with Store(path, readonly=True) as store:
+            assert [r["name"] for r in store.runs()] == [name]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".db") == sorted(
+        ("a?mode=rwc.db", "b#frag.db", "c%20d.db", "e f ü.db"))
