@@ -562,3 +562,20 @@ def test_odd_database_paths_open_read_only(tmp_path):
             assert [r["name"] for r in store.runs()] == [name]
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".db") == sorted(
         ("a?mode=rwc.db", "b#frag.db", "c%20d.db", "e f ü.db"))
+
+
+def test_a_reader_can_tell_its_database_was_deleted_or_replaced(tmp_path):
+    """For the app: SQLite goes on reading a deleted file's inode, so Store.check_same_file() says so."""
+    path = tmp_path / "mlmlab.db"
+    Store(path).close()
+    with Store(path, readonly=True) as store:
+        store.check_same_file()
+        other = tmp_path / "other.db"
+        Store(other).close()
+        os.replace(other, path)
+        with pytest.raises(StoreError, match="was replaced by another file while it was open"):
+            store.check_same_file()
+    with Store(path, readonly=True) as store:
+        path.unlink()
+        with pytest.raises(StoreError, match="was deleted while it was open"):
+            store.check_same_file()
