@@ -615,7 +615,8 @@ class Store:
                 [run_id, step, str(path), path.stat().st_size, checkpoint.get("tokens", 0), path.stat().st_mtime],
             )
             self.db["runs"].update(run_id, {
-                "status": "queued", "step": step, "tokens": checkpoint.get("tokens", 0), "error": None,
+                "status": "queued", "step": step, "tokens": checkpoint.get("tokens", 0),
+                "elapsed": checkpoint.get("elapsed", 0.0), "error": None,
                 "pid": os.getpid(), "host": this_host(), "heartbeat_at": time.time(), **fields,
             })
         return removed
