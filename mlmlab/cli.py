@@ -58,6 +58,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_db(stop)
     stop.set_defaults(func=cmd_stop)
 
+    predict = sub.add_parser("predict", help="ask a checkpoint what belongs at hidden positions of a sentence",
+                             description="Braces hide the enclosed text and keep it as the answer ('The {quick} fox'); "
+                                         "[MASK] hides one position with no answer; \\{ \\} \\[ \\\\ are literal characters.")
+    predict.add_argument("run", help="run id or name")
+    predict.add_argument("text", help="the sentence, e.g. 'The {quick} brown fox' or 'To be or [MASK] to be'")
+    predict.add_argument("--top-k", type=int, default=5, metavar="K", help="candidates per position (default 5)")
+    predict.add_argument("--checkpoint", type=int, metavar="STEP", help="the checkpoint at this step (default: the latest)")
+    predict.add_argument("--iterative", action="store_true",
+                         help="fill one position per pass, most confident first, re-predicting after each fill")
+    predict.add_argument("--json", action="store_true", help="print one JSON object for scripts")
+    add_db(predict)
+    predict.set_defaults(func=cmd_predict)
+
     app = sub.add_parser("app", help="open the terminal app (the default with no command)")
     add_db(app)
     app.set_defaults(func=cmd_app)
@@ -142,6 +155,47 @@ def cmd_stop(args: argparse.Namespace) -> int:
     signal_stop(run)
     print(f"asked run {run['id']} to stop; it checkpoints first")
     return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from mlmlab.notation import parse
+    from mlmlab.prediction import FILL_ALL, FILL_ITERATIVE, PredictorCache, load_predictor, use_prediction_threads
+
+    if args.top_k < 1:
+        raise MlmlabError(f"--top-k must be at least 1, not {args.top_k}")
+    masked = parse(args.text)  # before loading anything: a typo should not wait for torch
+    use_prediction_threads()
+    ref, predictor = load_predictor(db_path(args), args.run, args.checkpoint, PredictorCache(size=1))
+    result = predictor.predict(masked, args.top_k, FILL_ITERATIVE if args.iterative else FILL_ALL)
+    if args.json:
+        print(json.dumps({"run": {"id": ref.run_id, "name": ref.run_name}, **result.to_json()}, indent=2, ensure_ascii=False))
+    else:
+        print(format_prediction(ref.label, result))
+    return 0
+
+
+def format_prediction(label: str, result) -> str:
+    """Plain text for `mlmlab predict`: the filled sentence, then one row per hidden position."""
+    from mlmlab.notation import visible
+
+    lines = [f"{label} · fill {'one at a time, most confident first' if result.mode == 'iterative' else 'all at once'}"]
+    lines += [f"note: {note}" for note in result.notes]
+    lines += [f"input   {result.masked.notation()}", f"filled  {result.filled}", ""]
+    iterative = result.mode == "iterative"
+    header = ("pos", "answer", "guess", "", "answer rank (p)", *(["pass"] if iterative else []), "top candidates")
+    rows = [header]
+    for p in result.positions:
+        mark = {True: "right", False: "wrong", None: ""}[p.correct]
+        rank = f"{p.answer_rank} ({p.answer_probability:.3f})" if p.answer_rank else "-"
+        top = "  ".join(f"{visible(c.token)} {c.probability:.3f}" for c in p.top)
+        rows.append((str(p.index), visible(p.answer) if p.answer is not None else "?", visible(p.choice), mark, rank,
+                     *([str(p.fill_pass)] if iterative else []), top))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+    if result.n_known:
+        loss = f"loss {result.loss:.3f} over {len(result.answered)} answered positions; " if result.loss is not None else ""
+        lines += ["", f"{loss}{result.n_correct} of {result.n_known} right"]
+    return "\n".join(lines)
 
 
 def cmd_app(args: argparse.Namespace) -> int:

@@ -19,19 +19,23 @@ from mlmlab.errors import ConfigError
 REPO_EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 DEFAULT_PRESET = "quick"
 SECTIONS = ("data", "model", "mask", "train")
+MAX_STEPS = 10**12  # step counts are stored as SQLite INTEGERs and multiplied by tokens per step
+MAX_INT = 2**62
 
 
 class _Section(BaseModel):
     # strict: a TOML string "64" is not silently an int; forbid: unknown keys are caught earlier
     # with a suggestion, this is the backstop.
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # allow_inf_nan=False: inf and nan are never sensible settings, and the stored config stays
+    # strict JSON.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
     source: str = Field("builtin", description="'builtin' (Python's own docs), a UTF-8 text file, or a folder of .txt/.md files")
     tokenizer: Literal["char"] = Field("char", description="tokenizer kind; 'char' gives one token per character")
     valid_fraction: float = Field(0.05, gt=0, lt=0.5, description="share of the text held out for evaluation")
-    max_chars: int = Field(0, ge=0, description="use only the first N characters of the corpus (0 = all)")
+    max_chars: int = Field(0, ge=0, le=MAX_INT, description="use only the first N characters of the corpus (0 = all)")
 
 
 class ModelConfig(_Section):
@@ -53,26 +57,26 @@ class MaskConfig(_Section):
 class TrainConfig(_Section):
     batch_size: int = Field(64, ge=1, le=65536, description="sequences per step")
     seq_len: int = Field(64, ge=4, le=65536, description="tokens per sequence; at most model.max_seq_len")
-    steps: int = Field(3000, ge=1, description="stop after this many optimizer steps")
-    max_minutes: float = Field(2.0, ge=0, description="also stop after this much wall time (0 = no limit)")
+    steps: int = Field(3000, ge=1, le=MAX_STEPS, description="stop after this many optimizer steps")
+    max_minutes: float = Field(2.0, ge=0, le=1e7, description="also stop after this much wall time (0 = no limit)")
     lr: float = Field(2e-3, gt=0, le=10, description="peak learning rate (a multiplier for the noam schedule)")
     optimizer: Literal["adamw", "adam"] = Field("adamw", description="optimizer")
     schedule: Literal["cosine", "noam", "constant"] = Field("cosine", description="learning-rate schedule after warm-up")
-    warmup_steps: int = Field(100, ge=0, description="linear warm-up steps")
+    warmup_steps: int = Field(100, ge=0, le=MAX_STEPS, description="linear warm-up steps")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine floor as a share of lr")
     weight_decay: float = Field(0.01, ge=0, le=1, description="AdamW weight decay (not applied to norms and biases)")
-    grad_clip: float = Field(1.0, ge=0, description="clip the global gradient norm (0 = off)")
+    grad_clip: float = Field(1.0, ge=0, le=1e6, description="clip the global gradient norm (0 = off)")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast where the device has fast bf16")
     compile: Literal["auto", "on", "off"] = Field("auto", description="torch.compile the model (auto: on CUDA only)")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
-    seed: int = Field(0, ge=0, description="seed for init, batches and masks")
-    short_seq_len: int = Field(0, ge=0, description="train the first short_seq_steps at this length (0 = off)")
-    short_seq_steps: int = Field(0, ge=0, description="steps spent at short_seq_len")
-    log_every: int = Field(10, ge=1, description="steps between train metric rows")
-    eval_every: int = Field(100, ge=1, description="steps between held-out evaluations and samples")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seed for init, batches and masks")
+    short_seq_len: int = Field(0, ge=0, le=65536, description="train the first short_seq_steps at this length (0 = off)")
+    short_seq_steps: int = Field(0, ge=0, le=MAX_STEPS, description="steps spent at short_seq_len")
+    log_every: int = Field(10, ge=1, le=MAX_STEPS, description="steps between train metric rows")
+    eval_every: int = Field(100, ge=1, le=MAX_STEPS, description="steps between held-out evaluations and samples")
     eval_batches: int = Field(8, ge=1, le=1000, description="held-out batches per evaluation (fixed windows, fixed masks)")
-    checkpoint_every: int = Field(500, ge=1, description="steps between checkpoints")
-    keep_checkpoints: int = Field(5, ge=0, description="checkpoints kept on disk (0 = all)")
+    checkpoint_every: int = Field(500, ge=1, le=MAX_STEPS, description="steps between checkpoints")
+    keep_checkpoints: int = Field(5, ge=0, le=1_000_000, description="checkpoints kept on disk (0 = all)")
     skip_nonfinite: bool = Field(False, description="skip steps whose loss is NaN/inf instead of failing the run")
 
 
@@ -109,17 +113,32 @@ def find_preset(name_or_path: str | None) -> Path | None:
     """A preset file from a path or a bare name in ./experiments or the repository's experiments/."""
     if name_or_path is None:
         candidates = [Path("experiments") / f"{DEFAULT_PRESET}.toml", REPO_EXPERIMENTS / f"{DEFAULT_PRESET}.toml"]
-        return next((p for p in candidates if p.is_file()), None)
+        return next((p for p in candidates if path_kind(p) == "file"), None)
     path = Path(name_or_path)
-    if path.is_file():
+    if path_kind(path) == "file":
         return path
     if path.suffix == "" and "/" not in name_or_path:
         for folder in (Path("experiments"), REPO_EXPERIMENTS):
-            if (folder / f"{name_or_path}.toml").is_file():
+            if path_kind(folder / f"{name_or_path}.toml") == "file":
                 return folder / f"{name_or_path}.toml"
-    if path.is_dir():
-        raise ConfigError(f"config '{name_or_path}' is a folder, not a TOML file")
-    raise ConfigError(f"config '{name_or_path}' not found (give a .toml path or a preset name: {', '.join(list_presets()) or 'none found'})")
+    if path_kind(path) == "dir":
+        raise ConfigError(f"config {show(name_or_path)} is a folder, not a TOML file")
+    raise ConfigError(f"config {show(name_or_path)} not found (give a .toml path or a preset name: {', '.join(list_presets()) or 'none found'})")
+
+
+def path_kind(path: str | Path) -> str | None:
+    """'file', 'dir' or None for a path a user typed; never raises (NUL bytes, over-long names, ~nobody)."""
+    try:
+        path = Path(path).expanduser()
+        return "file" if path.is_file() else "dir" if path.is_dir() else None
+    except (OSError, ValueError, RuntimeError):
+        return None
+
+
+def show(value: Any, limit: int = 80) -> str:
+    """A value as it goes into an error line: quoted, control characters escaped, kept short."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def list_presets() -> list[str]:
@@ -139,9 +158,9 @@ def read_toml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise ConfigError(f"config {path}: not UTF-8 text") from None
+        raise ConfigError(f"config {show(str(path))}: not UTF-8 text") from None
     except OSError as exc:
-        raise ConfigError(f"config {path}: cannot read ({exc.strerror})") from None
+        raise ConfigError(f"config {show(str(path))}: cannot read ({exc.strerror})") from None
     return parse_toml(text, source=str(path))
 
 
@@ -159,7 +178,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.steps=2000")
+            raise ConfigError(f"--set {show(item)}: expected key=value, e.g. train.steps=2000")
         parsed[key] = parse_value(text.strip())
     return parsed
 
@@ -205,32 +224,31 @@ def _check_keys(raw: dict[str, Any]) -> None:
     known = set(all_keys())
     for section, values in raw.items():
         if section not in SECTIONS:
-            _unknown(section)
+            _unknown(f"{section}.{next(iter(values))}" if isinstance(values, dict) and values else section)
         if not isinstance(values, dict):
-            raise ConfigError(f"[{section}] must be a table of keys, got {values!r}")
+            raise ConfigError(f"[{section}] must be a table of keys, got {show(values)}")
         for name in values:
             if f"{section}.{name}" not in known:
                 _unknown(f"{section}.{name}")
 
 
 def _unknown(key: str) -> None:
-    choices = all_keys() + list(SECTIONS)
-    close = difflib.get_close_matches(key, choices, n=1, cutoff=0.6)
-    if not close:  # a bare name in the wrong section, e.g. model.steps
-        tail = key.rsplit(".", 1)[-1]
-        close = [k for k in all_keys() if k.endswith("." + tail)][:1]
+    tail = key.rsplit(".", 1)[-1]
+    close = [k for k in all_keys() if k.endswith("." + tail)][:1]  # right name, wrong section
+    if not close:
+        close = difflib.get_close_matches(key, all_keys() + list(SECTIONS), n=1, cutoff=0.6)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
-    raise ConfigError(f"unknown config key '{key}'{hint}")
+    raise ConfigError(f"unknown config key {show(key)}{hint}")
 
 
 def _one_line(exc: ValidationError) -> str:
     error = exc.errors()[0]
     key = ".".join(str(part) for part in error["loc"])
     value = error.get("input")
-    message = error["msg"].removeprefix("Value error, ")
+    message = " ".join(error["msg"].removeprefix("Value error, ").split())
     if error["type"] == "literal_error":
         message = message.replace("Input should be", "must be one of:")
-    return f"{key} = {value!r}: {message}"
+    return f"{key} = {show(value)}: {message}"
 
 
 def _cross_check(cfg: ExperimentConfig) -> None:
@@ -253,8 +271,8 @@ def _cross_check(cfg: ExperimentConfig) -> None:
         if not token:
             raise ConfigError("mask.no_mask_tokens: entries must be non-empty strings")
     source = cfg.data.source
-    if source != "builtin" and not Path(source).expanduser().exists():
-        raise ConfigError(f"data.source = {source!r}: no such file or folder (or use 'builtin')")
+    if source != "builtin" and path_kind(source) is None:
+        raise ConfigError(f"data.source = {show(source)}: no such file or folder (or use 'builtin')")
 
 
 def shape_changes(old: dict[str, Any], new: ExperimentConfig) -> list[str]:

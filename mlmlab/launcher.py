@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +17,8 @@ import torch
 from mlmlab import checkpoints as ckpt
 from mlmlab.config import RESUMABLE_KEYS, SHAPE_KEYS, ExperimentConfig, build_config, load_config, parse_overrides
 from mlmlab.devices import resolve_device, resolve_precision
-from mlmlab.errors import CheckpointError, ConfigError, StoreError
-from mlmlab.store import ACTIVE, Store, effective_status, this_host
+from mlmlab.errors import CheckpointError, ConfigError, MlmlabError, StoreError
+from mlmlab.store import ACTIVE, Store, effective_status
 from mlmlab.tokenizer import tokenizer_from_dict
 from mlmlab.training import Reporter, SilentReporter, Trainer, prepare_data
 
@@ -68,10 +67,13 @@ def new_run(db_path: Path, config: str | None, sets: list[str], *, name: str | N
     store = Store(db_path) if dist.rank == 0 else None
     run_id, run_dir = None, Path(".")
     if store:
-        run_id = store.create_run(name=run_name, config=cfg.to_dict(), vocab=data.tokenizer.to_dict(),
-                                  total_steps=cfg.train.steps, command=_command_line())
+        try:
+            run_id = store.create_run(name=run_name, config=cfg.to_dict(), vocab=data.tokenizer.to_dict(),
+                                      total_steps=cfg.train.steps, command=_command_line(), make_dir=True)
+        except BaseException:
+            store.close()
+            raise
         run_dir = store.run_dir_for(run_id)
-        run_dir.mkdir(parents=True, exist_ok=True)
     return run_id, _train(cfg, store, run_id, run_dir, data, dev, precision, dist, reporter, None)
 
 
@@ -79,12 +81,13 @@ def resume_run(db_path: Path, ref: str, sets: list[str], *, device: str | None,
                reporter: Reporter | None = None) -> tuple[int, str]:
     """Continue a run from its latest checkpoint; only its length may change."""
     dist = Distributed.from_env()
-    with Store(db_path, readonly=dist.rank != 0) as store:
+    with Store(db_path, readonly=True) as store:  # only looks: a wrong --resume changes nothing
         run = store.find_run(ref)
+        run["run_dir"] = str(_run_dir(store, run))
     if effective_status(run) in ACTIVE:
         raise StoreError(f"run {run['id']} is still {run['status']} (pid {run['pid']} on {run['host']}); stop it first")
     cfg = _resumed_config(run, sets, device)
-    payload = latest_checkpoint(run)
+    payload = latest_checkpoint(run, reporter)
     if payload["step"] >= cfg.train.steps:
         raise ConfigError(
             f"run {run['id']} already reached step {payload['step']} of train.steps = {cfg.train.steps}; "
@@ -95,11 +98,25 @@ def resume_run(db_path: Path, ref: str, sets: list[str], *, device: str | None,
     data = prepare_data(cfg, tokenizer_from_dict(payload["vocab"]))
     store = Store(db_path) if dist.rank == 0 else None
     if store:
-        store.truncate_after(run["id"], payload["step"])
-        store.update_run(run["id"], status="queued", total_steps=cfg.train.steps, config=json.dumps(cfg.to_dict()),
-                         step=payload["step"], tokens=payload.get("tokens", 0), error=None,
-                         pid=os.getpid(), host=this_host(), heartbeat_at=time.time())
+        try:
+            # Claim the run, and cut its history back to the checkpoint, in one transaction.
+            store.begin_resume(run, payload, total_steps=cfg.train.steps, config=json.dumps(cfg.to_dict()),
+                               run_dir=run["run_dir"])
+        except BaseException:
+            store.close()
+            raise
+        ckpt.remove_stale_temp_files(Path(run["run_dir"]))  # half-written files of the killed process
     return run["id"], _train(cfg, store, run["id"], Path(run["run_dir"]), data, dev, precision, dist, reporter, payload)
+
+
+def _run_dir(store: Store, run: dict) -> Path:
+    """The run's folder: as stored, or next to the database if the stored path is gone (the
+    database and its folders were moved together, or a relative path was stored by an old version)."""
+    stored = Path(run["run_dir"])
+    if stored.is_absolute() and stored.is_dir():
+        return stored
+    beside = store.run_dir_for(run["id"])
+    return beside if beside.is_dir() or not stored.is_dir() else stored.resolve()
 
 
 def _resumed_config(run: dict, sets: list[str], device: str | None) -> ExperimentConfig:
@@ -115,17 +132,26 @@ def _resumed_config(run: dict, sets: list[str], device: str | None) -> Experimen
     return cfg.with_overrides(overrides) if overrides else cfg
 
 
-def latest_checkpoint(run: dict) -> dict:
-    """The newest checkpoint of a run that loads; broken newer files are skipped, not trusted."""
-    files = ckpt.checkpoint_files(Path(run["run_dir"]))
-    if not Path(run["run_dir"]).is_dir():
-        raise CheckpointError(f"run {run['id']}: its folder {run['run_dir']} is missing")
-    for path in reversed(files):
+def latest_checkpoint(run: dict, reporter: Reporter | None = None) -> dict:
+    """The newest checkpoint of a run that loads; broken newer files are skipped (and said so), not
+    trusted. The payload gains `path`, the file it came from."""
+    folder = Path(run["run_dir"])
+    if not folder.is_dir():
+        raise CheckpointError(f"run {run['id']}: its folder {folder} is missing, so there is no checkpoint to resume from")
+    broken: list[str] = []
+    for path in reversed(ckpt.checkpoint_files(folder)):
         try:
-            return ckpt.load_checkpoint(path)
-        except CheckpointError:
+            payload = ckpt.load_checkpoint(path)
+        except CheckpointError as exc:
+            broken.append(str(exc))
             continue
-    raise CheckpointError(f"run {run['id']} has no checkpoint to resume from")
+        for problem in broken:
+            (reporter or SilentReporter()).message(f"skipped {problem}")
+        return {**payload, "path": str(path)}
+    if broken:
+        raise CheckpointError(f"run {run['id']} has no loadable checkpoint: {broken[0]}"
+                              + (f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""))
+    raise CheckpointError(f"run {run['id']} has no checkpoint to resume from (it stopped before its first one)")
 
 
 def _train(cfg, store, run_id, run_dir, data, dev, precision, dist, reporter, payload) -> str:
@@ -136,8 +162,11 @@ def _train(cfg, store, run_id, run_dir, data, dev, precision, dist, reporter, pa
         return trainer.run()
     except BaseException as exc:
         # A failure before the loop took charge (e.g. out of memory building the model).
-        if store and store.run(run_id)["status"] in ACTIVE:
-            store.finish_run(run_id, "failed", f"{type(exc).__name__}: {exc}")
+        try:
+            if store and store.run(run_id)["status"] in ACTIVE:
+                store.finish_run(run_id, "failed", str(exc) if isinstance(exc, MlmlabError) else f"{type(exc).__name__}: {exc}")
+        except MlmlabError:
+            pass  # the database is the problem; the row reads crashed once this process is gone
         raise
     finally:
         dist.close()

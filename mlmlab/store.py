@@ -7,8 +7,12 @@ Tables (documented in README.md):
   checkpoints  one row per checkpoint file on disk
   run_summary  a view: one row per run with latest/best eval figures
 
-WAL mode and a busy timeout let readers read while several runs write. A connection belongs to the
-thread that opened it (sqlite3's rule): open one `Store` per thread or process.
+WAL mode and a busy timeout let readers read while several runs write. Every write transaction
+starts with BEGIN IMMEDIATE: it takes the write lock first (waiting up to the busy timeout), so it
+can never fail half-way with "database is locked" the way a read that upgrades to a write can.
+A connection belongs to the thread that opened it (sqlite3's rule): open one `Store` per thread or
+process. `Store(path, readonly=True)` opens the file read-only (`mode=ro` and `query_only`): what
+only reads cannot change data.
 """
 
 from __future__ import annotations
@@ -24,19 +28,44 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlite_utils import Database, Migrations
 
 from mlmlab.errors import StoreError
 from mlmlab.paths import DEFAULT_DB, default_db_path  # noqa: F401 - re-exported: callers import them from here
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+MIN_READ_VERSION = 1  # read-only opens accept these older schemas (the differences do not matter to readers)
 STATUSES = ("queued", "running", "completed", "failed", "stopped", "crashed")
 ACTIVE = ("queued", "running")
 HEARTBEAT_TIMEOUT_S = 120.0  # a run on another host that has not beaten for this long reads as crashed
 BUSY_TIMEOUT_MS = 30_000
 
 migrations = Migrations("mlmlab")
+
+
+# One row per run. `active` is the list of statuses that read as crashed once the heartbeat is
+# older than HEARTBEAT_TIMEOUT_S (SQL cannot see pids: Store.summaries() also checks those).
+RUN_SUMMARY_VIEW = """
+        CREATE VIEW run_summary AS
+        SELECT
+            r.id, r.name,
+            CASE WHEN r.status IN ({active}) AND r.heartbeat_at < unixepoch('now') - 120 THEN 'crashed'
+                 ELSE r.status END AS status,
+            r.step AS steps, r.total_steps, r.tokens, r.device, r.precision, r.n_params,
+            (SELECT value FROM metrics m WHERE m.run_id = r.id AND m.name = 'train_loss' ORDER BY m.step DESC LIMIT 1) AS train_loss,
+            (SELECT value FROM metrics m WHERE m.run_id = r.id AND m.name = 'eval_loss' ORDER BY m.step DESC LIMIT 1) AS eval_loss,
+            (SELECT min(value) FROM metrics m WHERE m.run_id = r.id AND m.name = 'eval_loss') AS best_eval_loss,
+            (SELECT value FROM metrics m WHERE m.run_id = r.id AND m.name = 'eval_acc' ORDER BY m.step DESC LIMIT 1) AS eval_acc,
+            (SELECT max(value) FROM metrics m WHERE m.run_id = r.id AND m.name = 'eval_acc') AS best_eval_acc,
+            (SELECT value FROM metrics m WHERE m.run_id = r.id AND m.name = 'tokens_per_s' ORDER BY m.step DESC LIMIT 1) AS tokens_per_s,
+            round(r.elapsed, 1) AS duration_s,
+            datetime(r.started_at, 'unixepoch', 'localtime') AS started,
+            datetime(r.ended_at, 'unixepoch', 'localtime') AS ended,
+            r.tags, r.note, r.error
+        FROM runs r
+"""
 
 
 @migrations()
@@ -106,25 +135,16 @@ def m001_initial(db: Database) -> None:
             eval_acc REAL,
             UNIQUE (run_id, step)
         );
-        CREATE VIEW run_summary AS
-        SELECT
-            r.id, r.name,
-            CASE WHEN r.status = 'running' AND r.heartbeat_at < unixepoch('now') - 120 THEN 'crashed'
-                 ELSE r.status END AS status,
-            r.step AS steps, r.total_steps, r.tokens, r.device, r.precision, r.n_params,
-            (SELECT value FROM metrics m WHERE m.run_id = r.id AND m.name = 'train_loss' ORDER BY m.step DESC LIMIT 1) AS train_loss,
-            (SELECT value FROM metrics m WHERE m.run_id = r.id AND m.name = 'eval_loss' ORDER BY m.step DESC LIMIT 1) AS eval_loss,
-            (SELECT min(value) FROM metrics m WHERE m.run_id = r.id AND m.name = 'eval_loss') AS best_eval_loss,
-            (SELECT value FROM metrics m WHERE m.run_id = r.id AND m.name = 'eval_acc' ORDER BY m.step DESC LIMIT 1) AS eval_acc,
-            (SELECT max(value) FROM metrics m WHERE m.run_id = r.id AND m.name = 'eval_acc') AS best_eval_acc,
-            (SELECT value FROM metrics m WHERE m.run_id = r.id AND m.name = 'tokens_per_s' ORDER BY m.step DESC LIMIT 1) AS tokens_per_s,
-            round(r.elapsed, 1) AS duration_s,
-            datetime(r.started_at, 'unixepoch', 'localtime') AS started,
-            datetime(r.ended_at, 'unixepoch', 'localtime') AS ended,
-            r.tags, r.note, r.error
-        FROM runs r;
         """
+        + RUN_SUMMARY_VIEW.format(active="'running'")
     )
+
+
+@migrations()
+def m002_summary_queued_crashed(db: Database) -> None:
+    """run_summary: a queued run whose heartbeat stopped is crashed too (v1 only checked running)."""
+    db.execute("DROP VIEW IF EXISTS run_summary")
+    db.execute(RUN_SUMMARY_VIEW.format(active="'queued', 'running'"))
 
 
 def this_host() -> str:
@@ -174,8 +194,10 @@ def effective_status(run: dict[str, Any], now: float | None = None) -> str:
     if status not in ACTIVE:
         return status
     now = time.time() if now is None else now
-    if run.get("host") == this_host() and run.get("pid") and not pid_alive(run["pid"]):
-        return "crashed"
+    if run.get("host") == this_host() and run.get("pid"):
+        # On this host the process table is the truth: a live run may be slow to beat (a long
+        # evaluation or checkpoint), a dead one is crashed at once.
+        return status if pid_alive(run["pid"]) else "crashed"
     beat = run.get("heartbeat_at") or run.get("created_at") or now
     return "crashed" if now - beat > HEARTBEAT_TIMEOUT_S else status
 
@@ -192,47 +214,106 @@ class Store:
         self.readonly = readonly
         self.busy_timeout_ms = busy_timeout_ms
         self.db = Database(self._connect())
+        self._identity = self._file_identity()
         try:
             self._prepare()
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.Error as exc:
             self.close()
-            raise StoreError(f"database {self.path}: {_describe(exc)}") from None
+            if not (readonly and "unable to open" in str(exc) and self._folder_is_read_only()):
+                raise StoreError(f"database {self.path}: {self._open_problem(exc)}") from None
+            # A WAL database in a read-only folder (an archive, a read-only mount) whose -shm file
+            # is gone: SQLite cannot create one. Nothing can be writing there, so read it immutable.
+            self.db = Database(self._connect(immutable=True))
+            try:
+                self._prepare()
+            except BaseException as again:
+                self.close()
+                if isinstance(again, sqlite3.Error):
+                    raise StoreError(f"database {self.path}: {self._open_problem(again)}") from None
+                raise
+        except BaseException:
+            self.close()
+            raise
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, immutable: bool = False) -> sqlite3.Connection:
+        if self.path.is_dir():
+            raise StoreError(f"database {self.path}: is a folder, not a database file")
         if self.readonly:
             if not self.path.is_file():
                 raise StoreError(f"database {self.path}: no such file")
-            uri = f"file:{self.path.resolve()}?mode=ro"
-            conn = sqlite3.connect(uri, uri=True, timeout=self.busy_timeout_ms / 1000, check_same_thread=True)
+            uri = f"file:{quote(str(self.path.resolve()))}?mode=ro" + ("&immutable=1" if immutable else "")
+            try:
+                conn = sqlite3.connect(uri, uri=True, timeout=self.busy_timeout_ms / 1000)
+            except sqlite3.Error as exc:
+                raise StoreError(f"database {self.path}: {self._open_problem(exc)}") from None
         else:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 conn = sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000)
-            except (OSError, sqlite3.Error) as exc:
-                raise StoreError(f"database {self.path}: cannot open ({_describe(exc)})") from None
+            except OSError as exc:
+                raise StoreError(f"database {self.path}: cannot create its folder ({exc.strerror})") from None
+            except sqlite3.Error as exc:
+                raise StoreError(f"database {self.path}: {self._open_problem(exc)}") from None
         conn.row_factory = sqlite3.Row
         return conn
 
+    def _file_identity(self) -> tuple[int, int] | None:
+        try:
+            info = os.stat(self.path)
+        except OSError:
+            return None
+        return info.st_dev, info.st_ino
+
+    def check_same_file(self) -> None:
+        """Raise a StoreError if the database file was deleted or replaced since this Store opened it.
+
+        SQLite keeps writing to a deleted file's open inode, so without this check a run whose
+        database was removed (or swapped for another) would log into nothing, silently.
+        """
+        now = self._file_identity()
+        if now != self._identity:
+            what = "deleted" if now is None else "replaced by another file"
+            raise StoreError(f"database {self.path} was {what} while it was open")
+
+    def _folder_is_read_only(self) -> bool:
+        return not os.access(self.path.resolve().parent, os.W_OK)
+
+    def _open_problem(self, exc: sqlite3.Error) -> str:
+        if "unable to open" in str(exc) and self._folder_is_read_only():
+            return f"cannot write in its folder {self.path.resolve().parent} (read-only or no permission)"
+        return _describe(exc, self.busy_timeout_ms)
+
     def _prepare(self) -> None:
         self.db.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
+        version = self._check_version()
+        if self.readonly:
+            self.db.execute("PRAGMA query_only = ON")  # a second lock on the door mode=ro already shut
+            if version < MIN_READ_VERSION:
+                raise StoreError(f"database {self.path}: not an mlmlab database yet (run `mlmlab run` to create it)")
+            return
+        if self.db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            self.db.execute("PRAGMA journal_mode = WAL")
+        self.db.execute("PRAGMA synchronous = NORMAL")  # with WAL: durable at checkpoints, never corrupt
+        self.db.execute("PRAGMA foreign_keys = ON")
+        if version < SCHEMA_VERSION:
+            # Several processes may open a new or old database at once (four runs started together):
+            # the write lock makes exactly one of them migrate; the others wait, then find it done.
+            with self._write():
+                version = self._check_version()
+                if version < SCHEMA_VERSION:
+                    if version == 0 and self._has_foreign_tables():
+                        raise StoreError(f"database {self.path}: holds tables that are not mlmlab's; choose another --db")
+                    migrations.apply(self.db)
+                    self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _check_version(self) -> int:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise StoreError(
                 f"database {self.path} has schema version {version}, newer than this mlmlab understands "
                 f"({SCHEMA_VERSION}); upgrade mlmlab"
             )
-        if self.readonly:
-            if version < SCHEMA_VERSION:
-                raise StoreError(f"database {self.path}: not an mlmlab database yet (run `mlmlab run` to create it)")
-            return
-        self.db.execute("PRAGMA journal_mode = WAL")
-        self.db.execute("PRAGMA synchronous = NORMAL")  # with WAL: durable at checkpoints, never corrupt
-        self.db.execute("PRAGMA foreign_keys = ON")
-        if version < SCHEMA_VERSION:
-            if version == 0 and self._has_foreign_tables():
-                raise StoreError(f"database {self.path}: holds tables that are not mlmlab's; choose another --db")
-            migrations.apply(self.db)
-            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        return version
 
     def _has_foreign_tables(self) -> bool:
         names = set(self.db.table_names()) - {"_sqlite_migrations"}
@@ -249,29 +330,57 @@ class Store:
 
     @contextmanager
     def _write(self) -> Iterator[None]:
+        """One write transaction that holds the write lock from its first statement (BEGIN IMMEDIATE).
+
+        A deferred BEGIN would read first and upgrade to a write later; in WAL mode that upgrade
+        fails at once with "database is locked" whenever another process committed in between,
+        without waiting for the busy timeout. Nested calls become savepoints.
+        """
+        conn = self.db.conn
         try:
-            with self.db.atomic():
+            if conn.in_transaction:
+                with self.db.atomic():
+                    yield
+                return
+            conn.execute("BEGIN IMMEDIATE")
+            try:
                 yield
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"database {self.path}: {_describe(exc)}") from None
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            raise StoreError(f"database {self.path}: {_describe(exc, self.busy_timeout_ms)}") from None
 
     def _query(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
         try:
             return [dict(row) for row in self.db.query(sql, list(params))]
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"database {self.path}: {_describe(exc)}") from None
+        except sqlite3.Error as exc:
+            raise StoreError(f"database {self.path}: {_describe(exc, self.busy_timeout_ms)}") from None
 
     # --- runs -------------------------------------------------------------------------------
 
     def run_dir_for(self, run_id: int) -> Path:
-        return self.path.parent / self.path.stem / f"run-{run_id}"
+        """Where a run's files live: a folder next to the database, as an absolute path (a run
+        started from one directory must be found from any other)."""
+        path = self.path.resolve()
+        return path.parent / path.stem / f"run-{run_id}"
 
-    def create_run(self, *, name: str, config: dict, vocab: dict, total_steps: int, command: str = "") -> int:
+    def create_run(self, *, name: str, config: dict, vocab: dict, total_steps: int, command: str = "",
+                   make_dir: bool = False) -> int:
+        """Insert a queued run. With `make_dir`, its folder is created inside the same transaction:
+        if the folder cannot be made, no row is left behind."""
         now = time.time()
         with self._write():
             run_id = self.db["runs"].insert(
                 {
-                    "name": name,
+                    "name": clean_text(name),
                     "status": "queued",
                     "config": json.dumps(config),
                     "vocab": json.dumps(vocab),
@@ -281,14 +390,20 @@ class Store:
                     "pid": os.getpid(),
                     "host": this_host(),
                     "total_steps": total_steps,
-                    "command": command,
+                    "command": clean_text(command),
                 }
             ).last_pk
             run_dir = self.run_dir_for(run_id)
             self.db["runs"].update(run_id, {"run_dir": str(run_dir)})
+            if make_dir:
+                try:
+                    run_dir.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise StoreError(f"cannot create the run folder {run_dir} ({exc.strerror})") from None
         return run_id
 
     def update_run(self, run_id: int, **fields: Any) -> None:
+        fields = {k: clean_text(v) if isinstance(v, str) else v for k, v in fields.items()}
         with self._write():
             self.db["runs"].update(run_id, fields)
 
@@ -318,11 +433,17 @@ class Store:
         where, params = "", []
         if ids is not None:
             params = list(ids)
-            where = f" where id in ({','.join('?' * len(params))})"
-        states = {r["id"]: r for r in self.run_states()}
-        rows = self._query(f"select * from run_summary{where} order by id", params)
+            where = f" where s.id in ({','.join('?' * len(params))})"
+        # One statement, so one snapshot: a run inserted by another process between two reads
+        # cannot appear in one and not the other.
+        rows = self._query(
+            "select s.*, r.status as _status, r.pid as _pid, r.host as _host, r.heartbeat_at as _heartbeat_at,"
+            f" r.created_at as _created_at from run_summary s join runs r on r.id = s.id{where} order by s.id",
+            params,
+        )
         for row in rows:
-            row["status"] = states[row["id"]]["status"] if row["id"] in states else row["status"]
+            raw = {key[1:]: row.pop(key) for key in ("_status", "_pid", "_host", "_heartbeat_at", "_created_at")}
+            row["status"] = effective_status(raw)
             row["tags"] = json.loads(row["tags"] or "[]")
         return rows
 
@@ -350,12 +471,25 @@ class Store:
         return self.run(rows[0]["id"])
 
     def mark_crashed(self) -> list[int]:
-        """Persist `crashed` for active runs whose process is gone. Returns their ids."""
-        dead = [r["id"] for r in self.runs() if r["status"] in ACTIVE and effective_status(r) == "crashed"]
-        for run_id in dead:
-            self.update_run(run_id, status="crashed", ended_at=time.time(),
-                            error="the run's process ended without finishing (killed or lost)")
-        return dead
+        """Persist `crashed` for active runs whose process is gone. Returns their ids.
+
+        The update only applies if the row is still exactly as it was read (same status, pid and
+        heartbeat), so a run that finished, or was resumed, in the meantime is never overwritten.
+        """
+        marked = []
+        for r in self.runs():
+            if r["status"] not in ACTIVE or effective_status(r) != "crashed":
+                continue
+            with self._write():
+                changed = self.db.execute(
+                    "update runs set status = 'crashed', ended_at = ?, error = ? where id = ? and status = ?"
+                    " and pid is ? and heartbeat_at is ?",
+                    [time.time(), "the run's process ended without finishing (killed or lost)", r["id"],
+                     r["status"], r["pid"], r["heartbeat_at"]],
+                ).rowcount
+            if changed:
+                marked.append(r["id"])
+        return marked
 
     def request_stop(self, run_id: int) -> None:
         self.update_run(run_id, stop_requested=1)
@@ -388,7 +522,11 @@ class Store:
     # --- metrics, samples, checkpoints --------------------------------------------------------
 
     def add_metrics(self, rows: list[dict[str, Any]], heartbeat: dict[str, Any] | None = None) -> None:
-        """Insert a batch of metric rows (and beat the heart) in one transaction."""
+        """Insert a batch of metric rows (and beat the heart) in one transaction.
+
+        This is a run's periodic write, so it also checks the file is still the one it opened.
+        """
+        self.check_same_file()
         with self._write():
             if rows:
                 self.db["metrics"].insert_all(rows, batch_size=500)
@@ -463,8 +601,12 @@ class Store:
         return [(r["x"], r["value"]) for r in rows]
 
     def add_sample(self, row: dict[str, Any]) -> None:
+        self.add_samples([row])
+
+    def add_samples(self, rows: list[dict[str, Any]]) -> None:
+        """One evaluation's samples in one transaction: a kill never leaves half a set."""
         with self._write():
-            self.db["samples"].insert({**row, "tokens": json.dumps(row["tokens"])})
+            self.db["samples"].insert_all([{**row, "tokens": json.dumps(row["tokens"])} for row in rows])
 
     def samples(self, run_id: int, step: int | None = None) -> list[dict[str, Any]]:
         if step is None:
@@ -489,6 +631,15 @@ class Store:
         with self._write():
             self.db.execute("delete from checkpoints where run_id = ? and step = ?", [run_id, step])
 
+    def drop_missing_checkpoints(self, run_id: int) -> list[int]:
+        """Remove the rows of checkpoints whose file is gone (a deleted run folder). Returns their steps."""
+        gone = [row for row in self.checkpoints(run_id) if not Path(row["path"]).is_file()]
+        if gone:
+            with self._write():
+                for row in gone:
+                    self.db.execute("delete from checkpoints where id = ?", [row["id"]])
+        return [row["step"] for row in gone]
+
     def checkpoints(self, run_id: int) -> list[dict[str, Any]]:
         return self._query("select * from checkpoints where run_id = ? order by step", [run_id])
 
@@ -500,6 +651,37 @@ class Store:
             self.db.execute("delete from checkpoints where run_id = ? and step > ?", [run_id, step])
         return removed
 
+    def begin_resume(self, run: dict[str, Any], checkpoint: dict[str, Any], **fields: Any) -> int:
+        """Claim a stopped, failed or crashed run for resuming from `checkpoint`, in one transaction.
+
+        `run` is the row as read when the resume was checked: if it changed since (another process
+        resumed it first) nothing is touched. History is cut back to the checkpoint (metrics,
+        samples and checkpoint rows after its step go, so the curves match the weights), checkpoint
+        rows whose file is gone are dropped, the checkpoint resumed from gets a row if its writer
+        died before adding one, and the run is queued under this process. Returns the number of
+        metric rows removed.
+        """
+        run_id, step = run["id"], checkpoint["step"]
+        with self._write():
+            now = self._query("select status, pid, heartbeat_at from runs where id = ?", [run_id])
+            if not now or (now[0]["status"], now[0]["pid"], now[0]["heartbeat_at"]) != (
+                run["status"], run["pid"], run["heartbeat_at"]
+            ):
+                raise StoreError(f"run {run_id} changed while preparing to resume it (resumed elsewhere?); try again")
+            removed = self.truncate_after(run_id, step)
+            self.drop_missing_checkpoints(run_id)
+            path = Path(checkpoint["path"])
+            self.db.execute(
+                "insert or ignore into checkpoints (run_id, step, path, bytes, tokens, created_at) values (?, ?, ?, ?, ?, ?)",
+                [run_id, step, str(path), path.stat().st_size, checkpoint.get("tokens", 0), path.stat().st_mtime],
+            )
+            self.db["runs"].update(run_id, {
+                "status": "queued", "step": step, "tokens": checkpoint.get("tokens", 0),
+                "elapsed": checkpoint.get("elapsed", 0.0), "error": None,
+                "pid": os.getpid(), "host": this_host(), "heartbeat_at": time.time(), **fields,
+            })
+        return removed
+
 
 def _decode_run(row: dict[str, Any]) -> dict[str, Any]:
     row = dict(row)
@@ -509,7 +691,16 @@ def _decode_run(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _describe(exc: BaseException) -> str:
+def clean_text(text: str) -> str:
+    """Text SQLite can store: lone surrogates (from a command line that was not UTF-8) become U+FFFD."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
+def _describe(exc: BaseException, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> str:
     text = str(exc)
     if "file is not a database" in text or "malformed" in text:
         return "not an SQLite database, or corrupt"
@@ -517,4 +708,10 @@ def _describe(exc: BaseException) -> str:
         return "read-only (cannot write)"
     if "unable to open" in text:
         return "cannot open the file (missing folder or no permission)"
-    return text
+    if "locked" in text or "busy" in text:
+        return f"locked by another process for over {busy_timeout_ms / 1000:g} s"
+    if "full" in text:
+        return "the disk is full"
+    if "disk I/O error" in text:
+        return "disk I/O error (was the file deleted, or the disk removed or full?)"
+    return " ".join(text.split())

@@ -44,6 +44,8 @@ class CharTokenizer:
         return "".join(self.token(i) for i in ids if specials or i >= N_SPECIAL)
 
     def token(self, token_id: int) -> str:
+        if not 0 <= token_id < len(self.itos):  # a negative id would silently wrap around
+            raise DataError(f"token id {token_id} is outside this vocabulary (0 to {len(self.itos) - 1})")
         return self.itos[token_id]
 
     def ids_of(self, tokens: Iterable[str]) -> list[int]:

@@ -23,7 +23,7 @@ from mlmlab import checkpoints as ckpt
 from mlmlab.config import ExperimentConfig
 from mlmlab.data import WindowSampler, load_corpus, split_text
 from mlmlab.devices import memory_mb, resolve_device, resolve_precision
-from mlmlab.errors import MlmlabError
+from mlmlab.errors import CheckpointError, MlmlabError, StoreError
 from mlmlab.masking import KIND_KEEP, KIND_MASK, KIND_RANDOM, mask_tokens, n_chosen_for, realised_split
 from mlmlab.model import MaskedLM, ModelArgs
 from mlmlab.store import Store
@@ -298,6 +298,11 @@ class Trainer:
         self._pending: list[dict] = []
         self._last_flush = time.monotonic()
         self._last_good_ckpt: int | None = None
+        self._last_log_step = 0
+        self._saved_handlers: dict[int, Any] = {}
+        # What this process wrote, reported when it ends (so a test, or a person, can check the
+        # database holds exactly that).
+        self.rows_logged = self.samples_logged = self.checkpoints_written = 0
 
     # The loop ------------------------------------------------------------------------------------
 
@@ -331,25 +336,62 @@ class Trainer:
         except KeyboardInterrupt:
             self._finish("stopped", "aborted by a second interrupt: no final checkpoint")
             raise
+        except StoreError as exc:
+            # The database failed (disk full, file deleted or made read-only): keep the training
+            # done so far in a checkpoint, which `--resume` finds on disk once the database is fixed.
+            error = StoreError(f"{exc}; {self._rescue_checkpoint(model, optimizer, progress, data_gen, mask_gen)}")
+            self._finish("failed", str(error))
+            raise error from None
         except MlmlabError as exc:
             self._finish("failed", str(exc))
             raise
         except BaseException as exc:
             self._finish("failed", f"{type(exc).__name__}: {exc}")
             raise
+        finally:
+            self._restore_signal_handlers()
         self._finish(status)
         return status
 
     def _finish(self, status: str, error: str | None = None) -> None:
-        """Record the final status; pending metrics are written first, best effort."""
+        """Record the final status; pending metrics are written first. Best effort: if the database
+        cannot take it, the run's row keeps `running` with a dead pid, which reads as crashed."""
+        if self.store:
+            try:
+                self.flush(self._progress, force=True)
+            except MlmlabError:
+                pass
+            try:
+                self.store.finish_run(self.run_id, status, error)
+            except MlmlabError as exc:
+                if error is None:  # nothing else went wrong: this is the news
+                    self.reporter.close()
+                    raise
+                self.reporter.message(f"could not record the run as {status}: {exc}")
+            self.reporter.message(
+                f"logged {self.rows_logged} metric rows, {self.samples_logged} samples and "
+                f"{self.checkpoints_written} checkpoints"
+            )
         self.reporter.close()
-        if not self.store:
-            return
+
+    def _rescue_checkpoint(self, model, optimizer, progress, data_gen, mask_gen) -> str:
+        """A checkpoint written without the database; says what happened, for the error line."""
+        if self.rank != 0:
+            return "no checkpoint from this rank"
+        if self._last_good_ckpt == progress.step:
+            return f"the checkpoint at step {progress.step} is on disk"
+        if not _finite(model):
+            return f"no checkpoint written: the weights are not finite (last good checkpoint: {self._last_ckpt_text()})"
+        path = ckpt.checkpoint_path(self.run_dir, progress.step)
         try:
-            self.flush(self._progress, force=True)
-        except MlmlabError:
-            pass
-        self.store.finish_run(self.run_id, status, error)
+            ckpt.save_checkpoint(self._payload(model, optimizer, progress, data_gen, mask_gen), path)
+        except CheckpointError as exc:
+            return f"{exc} (last good checkpoint: {self._last_ckpt_text()})"
+        self._last_good_ckpt = progress.step
+        return f"saved a checkpoint at step {progress.step} ({path}); `mlmlab run --resume {self.run_id}` finds it"
+
+    def _last_ckpt_text(self) -> str:
+        return f"step {self._last_good_ckpt}" if self._last_good_ckpt is not None else "none"
 
     def _loop(self, model, optimizer, runner, evalset, progress, data_gen, mask_gen) -> str:
         cfg, t = self.cfg, self.cfg.train
@@ -403,12 +445,12 @@ class Trainer:
 
     def _log(self, progress: Progress, stats: dict[str, float]) -> None:
         if not math.isfinite(stats["train_loss"]) and not self.cfg.train.skip_nonfinite:
-            last = f"step {self._last_good_ckpt}" if self._last_good_ckpt is not None else "none"
             raise NonFiniteLoss(
                 f"loss became {stats['train_loss']} at step {stats.pop('bad_step', progress.step)} "
-                f"(last good checkpoint: {last}); lower train.lr or set train.skip_nonfinite = true"
+                f"(last good checkpoint: {self._last_ckpt_text()}); lower train.lr or set train.skip_nonfinite = true"
             )
         stats.pop("bad_step", None)
+        self._last_log_step = progress.step
         if self.rank != 0:
             return
         stats["mem_mb"] = memory_mb(self.device)
@@ -430,6 +472,7 @@ class Trainer:
             return
         beat = {"run_id": self.run_id, "step": progress.step, "tokens": progress.tokens, "elapsed": progress.elapsed}
         self.store.add_metrics(self._pending, heartbeat=beat)
+        self.rows_logged += len(self._pending)
         self._pending = []
         self._last_flush = time.monotonic()
         if self._stop_reason is None and self.store.stop_requested(self.run_id):
@@ -439,25 +482,49 @@ class Trainer:
         figures = evaluate(model, evalset, self.precision, self.device)
         self._add_rows(progress, figures)
         if self.store:
-            for row in sample_rows(model, evalset, self.data.tokenizer, self.precision, self.device):
-                self.store.add_sample({"run_id": self.run_id, "step": progress.step, **row})
+            rows = sample_rows(model, evalset, self.data.tokenizer, self.precision, self.device)
+            self.store.add_samples([{"run_id": self.run_id, "step": progress.step, **row} for row in rows])
+            self.samples_logged += len(rows)
         self.flush(progress, force=True)
         self.reporter.message(f"step {progress.step}: eval loss {figures['eval_loss']:.3f}, accuracy {figures['eval_acc']:.1%}")
         return figures
 
-    def _checkpoint(self, model, optimizer, progress, data_gen, mask_gen, last_eval) -> None:
-        if self.rank != 0:
-            return
-        payload = {
+    def _payload(self, model, optimizer, progress, data_gen, mask_gen) -> dict[str, Any]:
+        return {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "step": progress.step, "tokens": progress.tokens, "elapsed": progress.elapsed,
             "rng": {"torch": torch.get_rng_state(), "data": data_gen.get_state(), "mask": mask_gen.get_state()},
             "config": self.cfg.to_dict(), "vocab": self.data.tokenizer.to_dict(),
             "model_args": model.args.to_dict(), "precision": self.precision,
         }
+
+    def _checkpoint(self, model, optimizer, progress, data_gen, mask_gen, last_eval) -> None:
+        """Write checkpoint `progress.step` and record it.
+
+        Order matters for a kill at any moment: the metrics up to this step are committed first
+        (so a resume from this checkpoint finds its history whole), then the file appears
+        atomically, then its row. Weights that are no longer finite are never saved: the run
+        fails naming the last good checkpoint instead.
+        """
+        if self.rank != 0:
+            return
+        if not _finite(model):
+            raise NonFiniteLoss(
+                f"weights became non-finite between step {self._last_log_step + 1} and step {progress.step} "
+                f"(last good checkpoint: {self._last_ckpt_text()}); lower train.lr or set train.skip_nonfinite = true"
+            )
+        self.flush(progress, force=True)
+        if not Path(self.run_dir).is_dir():
+            self.reporter.message(f"the run folder {self.run_dir} was missing (deleted?): writing checkpoints there again")
+            if self.store:
+                self.store.drop_missing_checkpoints(self.run_id)
         path = ckpt.checkpoint_path(self.run_dir, progress.step)
-        size = ckpt.save_checkpoint(payload, path)
+        try:
+            size = ckpt.save_checkpoint(self._payload(model, optimizer, progress, data_gen, mask_gen), path)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc}; last good checkpoint: {self._last_ckpt_text()}") from None
         self._last_good_ckpt = progress.step
+        self.checkpoints_written += 1
         if self.store:
             self.store.add_checkpoint({
                 "run_id": self.run_id, "step": progress.step, "path": str(path), "bytes": size,
@@ -467,24 +534,31 @@ class Trainer:
         self._prune_checkpoints()
 
     def _prune_checkpoints(self) -> None:
+        """Keep the newest `keep_checkpoints` files. The row goes before the file: a kill in between
+        leaves an unlisted file (removed by the next prune), never a row pointing at nothing."""
         keep = self.cfg.train.keep_checkpoints
         files = ckpt.checkpoint_files(self.run_dir)
         for old in files[: -keep] if keep else []:
-            old.unlink(missing_ok=True)
             if self.store:
                 self.store.remove_checkpoint(self.run_id, ckpt.step_of(old))
+            old.unlink(missing_ok=True)
 
     def _restore(self, payload, model, optimizer, data_gen, mask_gen) -> Progress:
-        model.load_state_dict(payload["model"])
-        if "optimizer" in payload:
-            optimizer.load_state_dict(payload["optimizer"])
-        rng = payload.get("rng", {})
-        if "torch" in rng:
-            torch.set_rng_state(rng["torch"])
-        if "data" in rng:
-            data_gen.set_state(rng["data"])
-            mask_gen.set_state(rng["mask"])
+        try:
+            model.load_state_dict(payload["model"])
+            if "optimizer" in payload:
+                optimizer.load_state_dict(payload["optimizer"])
+            rng = payload.get("rng", {})
+            if "torch" in rng:
+                torch.set_rng_state(rng["torch"])
+            if "data" in rng:
+                data_gen.set_state(rng["data"])
+                mask_gen.set_state(rng["mask"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise CheckpointError(f"checkpoint at step {payload['step']} does not fit this run's model ({first})") from None
         self._last_good_ckpt = payload["step"]
+        self._last_log_step = payload["step"]
         return Progress(payload["step"], payload.get("tokens", 0), payload.get("elapsed", 0.0))
 
     # Processes and signals --------------------------------------------------------------------------
@@ -509,9 +583,24 @@ class Trainer:
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
-                signal.signal(sig, request_stop)
+                self._saved_handlers[sig] = signal.signal(sig, request_stop)
             except ValueError:  # not the main thread (e.g. a test calling run() in a thread)
                 pass
+
+    def _restore_signal_handlers(self) -> None:
+        """Give the signals back to whoever had them (a caller that trains in-process keeps its Ctrl-C)."""
+        for sig, handler in self._saved_handlers.items():
+            try:
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+            except ValueError:
+                pass
+        self._saved_handlers.clear()
+
+
+def _finite(model: torch.nn.Module) -> bool:
+    """Whether every weight is finite: one reduction and one host sync, done only at checkpoints."""
+    flags = [torch.isfinite(p).all() for p in model.parameters()]
+    return bool(torch.stack(flags).all()) if flags else True
 
 
 class NonFiniteLoss(MlmlabError):

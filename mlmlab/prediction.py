@@ -1,0 +1,447 @@
+"""Ask a trained checkpoint what belongs at the hidden positions of a sentence.
+
+Used by `mlmlab predict` and by the app's mask explorer, so both say the same thing:
+
+    ref = resolve_checkpoint(store, "3")                 # latest checkpoint of run 3 (or step=2000)
+    predictor = cache.get(ref.path)                      # loaded once with weights_only=True
+    result = predictor.predict(parse("The {quick} brown fox"), top_k=5)
+
+Probabilities are the model's softmax over its whole vocabulary, exactly what training's loss
+sees, so the loss here is comparable with the run's eval loss. Candidates are listed among real
+tokens only: masking never asks the model to produce [PAD], [MASK] or [UNK].
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mlmlab.checkpoints import load_checkpoint
+from mlmlab.errors import CheckpointError, MlmlabError, NotationError
+from mlmlab.masking import KIND_KEEP, KIND_MASK, KIND_RANDOM, mask_tokens
+from mlmlab.model import MaskedLM, ModelArgs
+from mlmlab.notation import KEEP, MASKED, RANDOM, MaskedText, Slot
+from mlmlab.store import Store, effective_status
+from mlmlab.tokenizer import MASK_ID, N_SPECIAL, UNK, UNK_ID, CharTokenizer, tokenizer_from_dict
+
+FILL_ALL, FILL_ITERATIVE = "all", "iterative"
+# One sentence is a few (1, T ≤ 128) matrix products: a second CPU thread saves almost nothing
+# when the machine is idle, and when training runs or tests share the cores, OpenMP threads
+# waiting on each other turned a 3 ms prediction into 50-500 ms (experiments/bench_predict.py).
+PREDICT_THREADS = 1
+_KIND_NAMES = {KIND_MASK: MASKED, KIND_RANDOM: RANDOM, KIND_KEEP: KEEP}
+
+
+# --- which checkpoint ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    run_id: int
+    run_name: str
+    step: int
+    path: Path
+    eval_loss: float | None = None
+    eval_acc: float | None = None
+
+    @property
+    def label(self) -> str:
+        return f"run {self.run_id} {self.run_name} @ step {self.step}"
+
+
+def resolve_checkpoint(store: Store, run_ref: str | int, step: int | None = None) -> CheckpointRef:
+    """The run's latest checkpoint, or the one at `step`, as the store lists them."""
+    run = store.find_run(run_ref)
+    rows = store.checkpoints(run["id"])
+    name = f"run {run['id']} ({run['name']})"
+    if not rows:
+        every = run["config"].get("train", {}).get("checkpoint_every", "?")
+        raise CheckpointError(
+            f"{name} has no checkpoint yet: it is {effective_status(run)} at step {run['step']}, "
+            f"and writes one every {every} steps"
+        )
+    if step is None:
+        row = rows[-1]
+    else:
+        matches = [r for r in rows if r["step"] == step]
+        if not matches:
+            steps = ", ".join(str(r["step"]) for r in rows)
+            raise CheckpointError(f"{name} has no checkpoint at step {step} (it has: {steps})")
+        row = matches[0]
+    return CheckpointRef(run["id"], run["name"], row["step"], Path(row["path"]), row.get("eval_loss"), row.get("eval_acc"))
+
+
+# --- results -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    token: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class PositionPrediction:
+    index: int  # position in the sentence (0-based, the whole sentence, not the window)
+    answer: str | None  # the known answer, None for [MASK]
+    shown: str  # what the model saw here: [MASK], a random token, or the character itself
+    kind: str  # MASKED, RANDOM or KEEP
+    top: tuple[Candidate, ...]  # best first
+    answer_rank: int | None = None  # 1 = the model's first choice; None when unknown or not in the vocabulary
+    answer_probability: float | None = None
+    fill_pass: int | None = None  # iterative mode: the pass (1-based) that filled this position
+
+    @property
+    def choice(self) -> str:
+        return self.top[0].token
+
+    @property
+    def correct(self) -> bool | None:
+        return None if self.answer is None else self.choice == self.answer
+
+
+@dataclass(frozen=True)
+class FillPass:
+    """One pass of iterative filling: the position filled and what the model sees afterwards."""
+
+    index: int
+    token: str
+    probability: float
+    inputs: tuple[str, ...]  # the window's tokens after this fill
+
+
+@dataclass(frozen=True)
+class Prediction:
+    masked: MaskedText
+    mode: str
+    positions: tuple[PositionPrediction, ...]
+    window: tuple[int, int]  # [start, end) of the sentence the model read
+    model_input: tuple[str, ...]  # the tokens the model saw in the window, before any filling
+    notes: tuple[str, ...] = ()
+    passes: tuple[FillPass, ...] = ()
+    step: int | None = None
+
+    @property
+    def filled(self) -> str:
+        """The sentence with each hidden position replaced by the model's choice."""
+        chosen = {p.index: p.choice for p in self.positions}
+        return "".join(chosen.get(i, s.answer or "") for i, s in enumerate(self.masked.slots))
+
+    @property
+    def answered(self) -> list[PositionPrediction]:
+        return [p for p in self.positions if p.answer_probability is not None]
+
+    @property
+    def loss(self) -> float | None:
+        """Mean cross-entropy over the positions whose answer is known and in the vocabulary."""
+        answered = self.answered
+        if not answered:
+            return None
+        return sum(-math.log(max(p.answer_probability, 1e-45)) for p in answered) / len(answered)
+
+    @property
+    def n_correct(self) -> int:
+        return sum(bool(p.correct) for p in self.positions)
+
+    @property
+    def n_known(self) -> int:
+        return sum(p.answer is not None for p in self.positions)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "text": self.masked.notation(),
+            "filled": self.filled,
+            "mode": self.mode,
+            "checkpoint": self.step,
+            "loss": self.loss,
+            "correct": self.n_correct,
+            "known": self.n_known,
+            "window": list(self.window),
+            "notes": list(self.notes),
+            "positions": [
+                {
+                    "index": p.index,
+                    "answer": p.answer,
+                    "shown": p.shown,
+                    "prediction": p.choice,
+                    "correct": p.correct,
+                    "answer_rank": p.answer_rank,
+                    "answer_probability": p.answer_probability,
+                    "top_k": [{"token": c.token, "probability": c.probability} for c in p.top],
+                    **({"fill_pass": p.fill_pass} if p.fill_pass is not None else {}),
+                }
+                for p in self.positions
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class AttentionMap:
+    tokens: tuple[str, ...]  # the window's tokens as the model saw them
+    weights: tuple[tuple[float, ...], ...]  # [query][key], each row sums to 1
+    offset: int  # sentence index of the window's first token
+    layer: int | None  # None: averaged over layers
+    head: int | None  # None: averaged over heads
+    n_layers: int
+    n_heads: int
+
+
+def disagreements(a: Prediction, b: Prediction) -> list[int]:
+    """Sentence positions where two predictions of the same masked sentence chose differently."""
+    if a.masked.hidden != b.masked.hidden:
+        raise MlmlabError("the two predictions are of differently masked sentences")
+    theirs = {p.index: p.choice for p in b.positions}
+    return [p.index for p in a.positions if theirs.get(p.index) != p.choice]
+
+
+# --- the predictor -------------------------------------------------------------------------------
+
+
+@dataclass
+class Predictor:
+    """A checkpoint's model and vocabulary, ready to predict on the CPU (or another device)."""
+
+    model: MaskedLM
+    tokenizer: CharTokenizer
+    config: dict[str, Any]
+    step: int
+    path: Path | None = None
+    load_seconds: float = 0.0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any], path: Path | None = None, device: str = "cpu") -> "Predictor":
+        try:
+            args = ModelArgs(**payload["model_args"])
+            tokenizer = tokenizer_from_dict(payload["vocab"])
+            model = MaskedLM(args)
+            model.load_state_dict(payload["model"])
+        except (TypeError, KeyError, RuntimeError, MlmlabError) as exc:
+            where = f"checkpoint {path}" if path else "checkpoint"
+            raise CheckpointError(f"{where}: does not fit its own model description ({str(exc).splitlines()[0][:120]})") from None
+        dev = torch.device(device)
+        return cls(model.to(dev).eval(), tokenizer, payload["config"], int(payload["step"]), path, device=dev)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> "Predictor":
+        start = time.perf_counter()
+        predictor = cls.from_payload(load_checkpoint(path, map_location=device), Path(path), device)
+        predictor.load_seconds = time.perf_counter() - start
+        return predictor
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.model.args.max_seq_len
+
+    # Sentence → ids ---------------------------------------------------------------------------
+
+    def _encode(self, masked: MaskedText, start: int = 0, end: int | None = None) -> tuple[list[int], list[str]]:
+        """Ids the model sees for positions start..end, and notes about characters it never saw there."""
+        stoi = self.tokenizer.stoi
+        ids, unseen_visible, unseen_answers = [], [], []
+        for i, slot in enumerate(masked.slots[start:end], start):
+            if slot.kind == MASKED:
+                ids.append(MASK_ID)
+            elif slot.kind == RANDOM:
+                ids.append(stoi.get(slot.shown or "", UNK_ID))
+            else:
+                ids.append(stoi.get(slot.answer, UNK_ID))
+                if slot.answer not in stoi:
+                    unseen_visible.append(slot.answer)
+            if slot.hidden and slot.answer is not None and slot.answer not in stoi:
+                unseen_answers.append(f"{slot.answer!r} at {i}")
+        notes = []
+        if unseen_visible:
+            chars = "".join(dict.fromkeys(unseen_visible))
+            notes.append(f"characters the model never saw are read as {UNK}: {chars!r}")
+        if unseen_answers:
+            notes.append(f"answers the model cannot produce (not in its vocabulary): {', '.join(unseen_answers)}")
+        return ids, notes
+
+    def _window(self, masked: MaskedText) -> tuple[int, int, list[str]]:
+        """The stretch of at most max_seq_len positions around the hidden ones."""
+        n, limit = len(masked), self.max_seq_len
+        if n <= limit:
+            return 0, n, []
+        hidden = masked.hidden
+        lo, hi = hidden[0], hidden[-1]
+        span = hi - lo + 1
+        if span > limit:
+            raise NotationError(
+                f"the hidden positions span {span} characters ({lo}-{hi}), more than this model reads at once "
+                f"(max_seq_len {limit}): hide a shorter stretch"
+            )
+        start = max(0, min(lo - (limit - span) // 2, n - limit))
+        note = (f"the text is {n} characters, longer than this model reads at once (max_seq_len {limit}): "
+                f"predicted on positions {start}-{start + limit - 1} around the hidden ones")
+        return start, start + limit, [note]
+
+    def _prepare(self, masked: MaskedText) -> tuple[list[int], int, int, list[str]]:
+        if not masked.hidden:
+            raise NotationError("nothing is masked: wrap text in {braces} or write [MASK] where a character is hidden")
+        start, end, window_notes = self._window(masked)
+        ids, notes = self._encode(masked, start, end)
+        return ids, start, end, window_notes + notes
+
+    # Forward -----------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def _probabilities(self, window_ids: list[int], at: list[int]) -> torch.Tensor:
+        """Softmax over the vocabulary at window offsets `at`: (len(at), V), float32 on the CPU."""
+        ids = torch.tensor([window_ids], dtype=torch.long, device=self.device)
+        positions = torch.tensor(at, dtype=torch.long, device=self.device)
+        logits, _ = self.model(ids, positions=positions)
+        return logits.float().softmax(-1).cpu()
+
+    def _position(self, masked: MaskedText, index: int, probs: torch.Tensor, shown_id: int, top_k: int,
+                  fill_pass: int | None = None) -> PositionPrediction:
+        real = probs[N_SPECIAL:]
+        k = max(1, min(top_k, real.numel()))
+        values, order = real.topk(k)
+        top = tuple(Candidate(self.tokenizer.token(int(i) + N_SPECIAL), float(v)) for v, i in zip(values, order))
+        slot = masked.slots[index]
+        rank = probability = None
+        answer_id = self.tokenizer.stoi.get(slot.answer) if slot.answer is not None else None
+        if answer_id is not None:
+            probability = float(probs[answer_id])
+            rank = 1 + int((real > probs[answer_id]).sum())
+        return PositionPrediction(index, slot.answer, self.tokenizer.token(shown_id), slot.kind, top, rank, probability, fill_pass)
+
+    def predict(self, masked: MaskedText, top_k: int = 5, mode: str = FILL_ALL) -> Prediction:
+        """Predict every hidden position: all at once, or iteratively (most confident first)."""
+        if top_k < 1:
+            raise MlmlabError(f"top-k must be at least 1, not {top_k}")
+        if mode not in (FILL_ALL, FILL_ITERATIVE):
+            raise MlmlabError(f"fill mode must be {FILL_ALL!r} or {FILL_ITERATIVE!r}, not {mode!r}")
+        ids, start, end, notes = self._prepare(masked)
+        seen = tuple(self.tokenizer.token(i) for i in ids)
+        hidden = masked.hidden
+        if mode == FILL_ALL:
+            probs = self._probabilities(ids, [i - start for i in hidden])
+            positions = tuple(self._position(masked, i, p, ids[i - start], top_k) for i, p in zip(hidden, probs))
+            return Prediction(masked, mode, positions, (start, end), seen, tuple(notes), step=self.step)
+        return self._fill_iteratively(masked, ids, start, end, seen, notes, top_k)
+
+    def _fill_iteratively(self, masked, ids, start, end, seen, notes, top_k) -> Prediction:
+        """Mask-predict one position per pass: fill the most confident, then look again."""
+        ids = list(ids)
+        remaining = list(masked.hidden)
+        done: dict[int, PositionPrediction] = {}
+        passes = []
+        while remaining:
+            probs = self._probabilities(ids, [i - start for i in remaining])
+            real = probs[:, N_SPECIAL:]
+            best_prob, best_token = real.max(-1)
+            pick = int(best_prob.argmax())
+            index = remaining.pop(pick)
+            done[index] = self._position(masked, index, probs[pick], ids[index - start], top_k, fill_pass=len(passes) + 1)
+            ids[index - start] = int(best_token[pick]) + N_SPECIAL
+            passes.append(FillPass(index, self.tokenizer.token(ids[index - start]), float(best_prob[pick]),
+                                   tuple(self.tokenizer.token(i) for i in ids)))
+        positions = tuple(done[i] for i in masked.hidden)
+        return Prediction(masked, FILL_ITERATIVE, positions, (start, end), seen, tuple(notes), tuple(passes), self.step)
+
+    @torch.inference_mode()
+    def attention(self, masked: MaskedText, layer: int | None = None, head: int | None = None) -> AttentionMap:
+        """Attention weights of one layer and head; None averages over layers or heads."""
+        args = self.model.args
+        if layer is not None and not 0 <= layer < args.n_layers:
+            raise MlmlabError(f"layer {layer} does not exist: this model has layers 0-{args.n_layers - 1}")
+        if head is not None and not 0 <= head < args.n_heads:
+            raise MlmlabError(f"head {head} does not exist: this model has heads 0-{args.n_heads - 1}")
+        ids, start, _, _ = self._prepare(masked)
+        maps = self.model.attention_maps(torch.tensor([ids], dtype=torch.long, device=self.device))[:, 0]
+        maps = maps.float().cpu()  # (layers, heads, T, T)
+        maps = maps.mean(0) if layer is None else maps[layer]
+        maps = maps.mean(0) if head is None else maps[head]
+        weights = tuple(tuple(row) for row in maps.tolist())
+        tokens = tuple(self.tokenizer.token(i) for i in ids)
+        return AttentionMap(tokens, weights, start, layer, head, args.n_layers, args.n_heads)
+
+    def draw_training_mask(self, masked: MaskedText, seed: int, around: int = 0) -> MaskedText:
+        """Hide positions exactly as training does (`mask.*` of the run's config), replacing earlier masks.
+
+        Chosen positions become [MASK], a random real token, or stay unchanged in the run's
+        proportions. [MASK]s without an answer stay; characters the model never saw are never chosen.
+        On text longer than max_seq_len, only the window around position `around` is drawn from.
+        """
+        base = masked.unmasked()
+        ids, _ = self._encode(base)
+        n, limit = len(ids), self.max_seq_len
+        start = max(0, min(around - limit // 2, n - limit)) if n > limit else 0
+        window = torch.tensor([ids[start : start + limit]], dtype=torch.long)
+        cfg = self.config["mask"]
+        no_mask = self.tokenizer.ids_of(cfg.get("no_mask_tokens", []))
+        batch = mask_tokens(
+            window, vocab_size=self.tokenizer.vocab_size, masking_prob=cfg["masking_prob"],
+            randomize_prob=cfg["randomize_prob"], no_change_prob=cfg["no_change_prob"],
+            generator=torch.Generator().manual_seed(seed),
+            no_mask_ids=torch.tensor(no_mask, dtype=torch.long) if no_mask else None,
+        )
+        if batch.positions.numel() == 0:
+            raise NotationError("nothing here can be masked as training does: the model knows none of these characters")
+        changes = {}
+        for offset, kind in enumerate(batch.kinds[0].tolist()):
+            if kind:
+                slot = base.slots[start + offset]
+                shown = self.tokenizer.token(int(batch.inputs[0, offset])) if kind == KIND_RANDOM else None
+                changes[start + offset] = Slot(slot.answer, _KIND_NAMES[kind], shown)
+        return base.with_slots(changes)
+
+
+class PredictorCache:
+    """Predictors by checkpoint file, loaded once and kept (a few, most recently used) while open.
+
+    Thread-safe: the app's workers share one cache, and a second request for a checkpoint that is
+    still loading waits for the first instead of loading it again.
+    """
+
+    def __init__(self, size: int = 4, device: str = "cpu"):
+        self.size, self.device = size, device
+        self._items: OrderedDict[tuple[str, int], Predictor] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, path: str | Path) -> Predictor:
+        path = Path(path)
+        try:
+            key = (str(path.resolve()), path.stat().st_mtime_ns)  # a rewritten file is a new checkpoint
+        except OSError:
+            raise CheckpointError(f"checkpoint {path}: file is missing") from None
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+            predictor = Predictor.load(path, self.device)
+            self._items[key] = predictor
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+            return predictor
+
+    def __contains__(self, path: str | Path) -> bool:
+        path = Path(path)
+        return any(key[0] == str(path.resolve()) for key in self._items)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+def use_prediction_threads(threads: int = PREDICT_THREADS) -> None:
+    """Set torch's intra-op CPU threads for this process. Only front ends that own their process
+    (`mlmlab predict`, the app) call this: it is process-wide, and training wants every core."""
+    torch.set_num_threads(threads)
+
+
+def load_predictor(db_path: Path, run_ref: str | int, step: int | None, cache: PredictorCache) -> tuple[CheckpointRef, Predictor]:
+    """The checkpoint a user means (run id or name, latest or at `step`) and its predictor."""
+    with Store(db_path, readonly=True) as store:
+        ref = resolve_checkpoint(store, run_ref, step)
+    return ref, cache.get(ref.path)
+

@@ -1,0 +1,130 @@
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mlmlab.errors import StoreError
+from mlmlab.store import SCHEMA_VERSION, Store, effective_status
+
+
+def make_run(store, **fields):
+    run_id = store.create_run(name="r", config={"train": {}}, vocab={"kind": "char", "chars": "ab"}, total_steps=10)
+    if fields:
+        store.update_run(run_id, **fields)
+    return run_id
+
+
+def test_schema_version_and_wal(db_path):
+    with Store(db_path) as store:
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert {"runs", "metrics", "samples", "checkpoints"} <= set(store.db.table_names())
+        assert "run_summary" in store.db.view_names()
+
+
+def test_newer_schema_is_refused(db_path):
+    Store(db_path).close()
+    conn = sqlite3.connect(db_path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match="newer than this mlmlab understands"):
+        Store(db_path)
+
+
+def test_not_a_database(tmp_path):
+    path = tmp_path / "junk.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="not an SQLite database"):
+        Store(path)
+    with pytest.raises(StoreError, match="not an SQLite database"):
+        Store(path, readonly=True)
+
+
+def test_readonly_cannot_write(db_path):
+    Store(db_path).close()
+    with Store(db_path, readonly=True) as store:
+        with pytest.raises(StoreError, match="read-only"):
+            make_run(store)
+
+
+def test_dead_pid_reads_crashed_and_is_persisted(db_path):
+    with Store(db_path) as store:
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        run_id = make_run(store, status="running", pid=dead.pid)
+        assert effective_status(store.run(run_id)) == "crashed"
+        assert store.summaries()[0]["status"] == "crashed"
+        assert store.mark_crashed() == [run_id]
+        assert store.run(run_id)["status"] == "crashed"
+
+
+def test_live_run_stays_running_until_heartbeat_times_out(db_path):
+    with Store(db_path) as store:
+        run_id = make_run(store, status="running", host="elsewhere", heartbeat_at=time.time())
+        assert effective_status(store.run(run_id)) == "running"
+        store.update_run(run_id, heartbeat_at=time.time() - 3600)
+        assert effective_status(store.run(run_id)) == "crashed"
+        assert store.db.execute("select status from run_summary").fetchone()[0] == "crashed"
+
+
+def test_series_downsampling_keeps_extremes_and_last(db_path):
+    with Store(db_path) as store:
+        run_id = make_run(store)
+        rows = [{"run_id": run_id, "step": s, "tokens": s * 10, "elapsed": s / 10, "time": 0.0, "name": "loss",
+                 "value": 5.0 if s == 777 else 1.0 / s} for s in range(1, 5001)]
+        store.add_metrics(rows)
+        full = store.series(run_id, "loss")
+        assert len(full) == 5000
+        small = store.series(run_id, "loss", buckets=100)
+        assert len(small) <= 300
+        assert (777, 5.0) in small  # the spike survives
+        assert small[-1] == full[-1]  # the curve ends where the data ends
+        assert store.series(run_id, "loss", x="tokens", buckets=10)[-1][0] == 50000
+        assert len(store.metrics(run_id, after_id=4990)) == 10
+
+
+def test_delete_run_removes_rows_and_folder(db_path):
+    with Store(db_path) as store:
+        run_id = make_run(store, status="completed")
+        folder = store.run_dir_for(run_id)
+        folder.mkdir(parents=True)
+        (folder / "ckpt-00000001.pt").write_bytes(b"x")
+        store.add_metrics([{"run_id": run_id, "step": 1, "tokens": 1, "elapsed": 0, "time": 0, "name": "x", "value": 1}])
+        store.delete_run(run_id)
+        assert store.runs() == [] and not folder.exists()
+        assert store.db.execute("select count(*) from metrics").fetchone()[0] == 0
+
+
+def test_delete_refuses_active_run(db_path):
+    # A live process whose command line names mlmlab stands in for a training run.
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "mlmlab"])
+    try:
+        with Store(db_path) as store:
+            run_id = make_run(store, status="running", pid=live.pid)
+            with pytest.raises(StoreError, match="stop it before deleting"):
+                store.delete_run(run_id)
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_tags_and_note(db_path):
+    with Store(db_path) as store:
+        run_id = make_run(store)
+        store.set_tags(run_id, ["b", " a", "b", ""])
+        store.set_note(run_id, "lr too high?")
+        run = store.run(run_id)
+        assert run["tags"] == ["a", "b"] and run["note"] == "lr too high?"
+
+
+def test_foreign_database_refused(tmp_path):
+    path = tmp_path / "other.db"
+    conn = sqlite3.connect(path)
+    conn.execute("create table customers (id integer)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="not mlmlab's"):
+        Store(path)
