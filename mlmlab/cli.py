@@ -48,6 +48,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_db(run)
     run.set_defaults(func=cmd_run)
 
+    bench = sub.add_parser("bench", help="time real training steps: tokens/s, ms/step, memory, MFU (no database)")
+    bench.add_argument("config", nargs="?", help="a TOML preset path or name in experiments/ (default: quick)")
+    bench.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set model.d_model=256 (repeatable)")
+    bench.add_argument("--steps", type=_positive_int, default=30, metavar="N", help="timed steps (default 30)")
+    bench.add_argument("--warmup", type=_non_negative_int, default=5, metavar="N",
+                       help="untimed warm-up steps first, compilation included (default 5)")
+    bench.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (overrides train.device)")
+    bench.add_argument("--no-peak", dest="peak", action="store_false",
+                       help="skip measuring the matmul peak (and so MFU)")
+    bench.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    bench.set_defaults(func=cmd_bench)
+
     runs = sub.add_parser("runs", help="list runs")
     runs.add_argument("--json", action="store_true", help="print a JSON list, one object per run")
     add_db(runs)
@@ -106,6 +119,35 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     if run_id is not None and not args.quiet:
         print(f"run {run_id} {status} (database {db_path(args)})", file=sys.stderr)
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from mlmlab.bench import format_report, run_bench
+    from mlmlab.config import load_config
+    from mlmlab.devices import resolve_device, resolve_precision
+
+    cfg = load_config(args.config, args.sets)
+    if args.device:
+        cfg = cfg.with_overrides({"train.device": args.device})
+    device = resolve_device(cfg.train.device)
+    precision = resolve_precision(cfg.train.precision, device)
+    result = run_bench(cfg, device, precision, steps=args.steps, warmup=args.warmup, measure_peak=args.peak)
+    print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0
 
 

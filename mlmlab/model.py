@@ -47,12 +47,19 @@ class SelfAttention(nn.Module):
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, C // self.n_heads).permute(2, 0, 3, 1, 4)
         return q, k, v  # each (B, heads, T, head_dim)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, C) outputs; with `rows` (flat indices into B*T) only those rows, (n, C)."""
         B, T, C = x.shape
         q, k, v = self.split_heads(x)
         dropout = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
-        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+        if _cpu_bf16(x):
+            y = _math_attention(q, k, v, attn_mask, dropout)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        if rows is not None:
+            y = y.reshape(B * T, C)[rows]
+        return self.proj(y)
 
     def weights(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
         """The attention probabilities (B, heads, T, T), computed explicitly for inspection."""
@@ -61,6 +68,22 @@ class SelfAttention(nn.Module):
         if attn_mask is not None:
             scores = scores.masked_fill(~attn_mask, float("-inf"))
         return scores.softmax(dim=-1)
+
+
+def _cpu_bf16(x: torch.Tensor) -> bool:
+    """Under bf16 autocast on a CPU, where SDPA's bf16 kernels lose to plain bf16 matmuls (measured)."""
+    return x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+def _math_attention(q, k, v, attn_mask: torch.Tensor | None, dropout: float) -> torch.Tensor:
+    """softmax(QKᵀ/√d)·V written out: bf16 batched matmuls, the softmax's sums accumulated in fp32."""
+    scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-2, -1)
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    probs = scores.softmax(dim=-1)
+    if dropout:
+        probs = F.dropout(probs, dropout)
+    return probs @ v
 
 
 class Block(nn.Module):
@@ -73,8 +96,14 @@ class Block(nn.Module):
         self.ff_out = nn.Linear(args.d_ff, args.d_model)
         self.drop = nn.Dropout(args.dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.ln1(x), attn_mask))
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, C) outputs; with `rows` (flat indices into B*T) only those rows, (n, C).
+
+        Every row's keys and values are still computed (all rows attend to them); only the query
+        side after attention (output projection, residual, feed-forward) is restricted to `rows`.
+        """
+        attended = self.drop(self.attn(self.ln1(x), attn_mask, rows))
+        x = x + attended if rows is None else x.reshape(-1, x.shape[-1])[rows] + attended
         return x + self.drop(self.ff_out(F.gelu(self.ff_in(self.ln2(x)))))
 
 
@@ -107,12 +136,20 @@ class MaskedLM(nn.Module):
         """(B, 1, 1, T) keys that are not padding; None when the caller knows there is none."""
         return (ids != self.args.pad_id)[:, None, None, :]
 
-    def encode(self, ids: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def encode(self, ids: torch.Tensor, attn_mask: torch.Tensor | None = None,
+               positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Final hidden states (B, T, C); with `positions` (flat indices into B*T) only those, (n, C).
+
+        With `positions`, the last block computes its output only there: its other outputs feed
+        nothing (no later layer reads them, the head reads only `positions`), so skipping them
+        leaves the chosen outputs and every gradient exactly as they were.
+        """
         T = ids.shape[1]
         x = self.drop(self.tok_emb(ids) + self.pos_emb.weight[:T])
-        for block in self.blocks:
+        *body, last = self.blocks
+        for block in body:
             x = block(x, attn_mask)
-        return self.ln_f(x)
+        return self.ln_f(last(x, attn_mask, positions))
 
     def logits_at(self, hidden: torch.Tensor) -> torch.Tensor:
         return F.linear(hidden, self.tok_emb.weight, self.head_bias)
@@ -126,17 +163,12 @@ class MaskedLM(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits and the mean cross-entropy over labelled positions.
 
-        With `positions` (flat indices into B*T of the chosen positions) the output head runs only
-        there: for 15% masking that skips 85% of the head's work. Logits are then (n_chosen, V);
-        without it they are (B, T, V).
+        With `positions` (flat indices into B*T of the chosen positions) the output head, and the
+        last block after its attention, run only there: for 15% masking that skips 85% of that
+        work. Logits are then (n_chosen, V); without it they are (B, T, V).
         """
-        hidden = self.encode(ids, attn_mask)
-        if positions is not None:
-            logits = self.logits_at(hidden.reshape(-1, hidden.shape[-1])[positions])
-            targets = labels.reshape(-1)[positions] if labels is not None else None
-        else:
-            logits = self.logits_at(hidden)
-            targets = labels
+        logits = self.logits_at(self.encode(ids, attn_mask, positions))
+        targets = labels.reshape(-1)[positions] if labels is not None and positions is not None else labels
         if targets is None:
             return logits, None
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE)

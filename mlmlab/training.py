@@ -80,14 +80,19 @@ def model_args(cfg: ExperimentConfig, vocab_size: int) -> ModelArgs:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: ExperimentConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW (or Adam) with weight decay on matrices only; fused kernels on CUDA."""
+    """AdamW (or Adam) with weight decay on matrices only, fused into one kernel per tensor.
+
+    The fused kernels exist for CUDA and (since torch 2.4) the CPU; on a 2-core CPU they take the
+    optimizer from about 2.5% of a seed-sized step (the `foreach` path, which the CPU runs as a loop
+    of per-tensor ops) to about 0.5%. Elsewhere (MPS) `foreach` is used.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     wd = cfg.train.weight_decay if cfg.train.optimizer == "adamw" else 0.0
     groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
     kwargs: dict[str, Any] = {"lr": cfg.train.lr, "betas": (0.9, 0.98), "eps": 1e-8}
-    if device.type == "cuda":
+    if device.type in ("cuda", "cpu"):
         kwargs["fused"] = True
     else:
         kwargs["foreach"] = True
@@ -95,8 +100,13 @@ def build_optimizer(model: torch.nn.Module, cfg: ExperimentConfig, device: torch
     return cls(groups, **kwargs)
 
 
-def lr_at(step: int, cfg: ExperimentConfig) -> float:
-    """Learning rate for optimizer step `step` (0-based): linear warm-up, then the schedule."""
+def lr_at(step: int, cfg: ExperimentConfig, elapsed: float = 0.0) -> float:
+    """Learning rate for optimizer step `step` (0-based): linear warm-up, then the schedule.
+
+    The cosine decay follows whichever budget runs out first: `train.steps`, or `train.max_minutes`
+    of training time (`elapsed` seconds so far). A time-limited run (the quick preset) then anneals
+    by its deadline instead of stopping with the learning rate still near its peak.
+    """
     t = cfg.train
     if t.schedule == "noam":  # lr · d_model^-0.5 · min(n^-0.5, n · warmup^-1.5), n = step + 1
         n, warm = step + 1, max(t.warmup_steps, 1)
@@ -105,7 +115,10 @@ def lr_at(step: int, cfg: ExperimentConfig) -> float:
         return t.lr * (step + 1) / t.warmup_steps
     if t.schedule == "constant":
         return t.lr
-    progress = min(1.0, (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps))
+    progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
+    if t.max_minutes:
+        progress = max(progress, elapsed / (60 * t.max_minutes))
+    progress = min(1.0, progress)
     floor = t.lr * t.min_lr_ratio
     return floor + (t.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
@@ -138,13 +151,20 @@ class StepRunner:
         self.model, self.optimizer, self.cfg, self.device = model, optimizer, cfg, device
         self.precision, self.sampler, self.mask_gen = precision, sampler, mask_gen
         self.no_mask_ids = no_mask_ids
-        self.forward = compiled or model
+        self.forward = model if compiled is None else compiled
+        # torch.compile returns a wrapper holding the original module: the eager fallback.
+        self.eager = getattr(compiled, "_orig_mod", None)
+        self.compiled = self.eager is not None
+        self._checked = not self.compiled
         self.vocab_size = model.args.vocab_size
+        self.on_message: Callable[[str], None] = lambda text: None
+        self.metrics = True  # per-step accuracy and masking split; off only to measure their cost
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
-    def step(self, step: int) -> StepOutput:
+    def step(self, step: int, elapsed: float = 0.0) -> StepOutput:
+        """Optimizer step number `step` (0-based), `elapsed` seconds of training into the run."""
         cfg = self.cfg
         seq_len = seq_len_at(step, cfg)
         ids = self.sampler.batch(cfg.train.batch_size, seq_len)
@@ -155,9 +175,9 @@ class StepRunner:
             generator=self.mask_gen, no_mask_ids=self.no_mask_ids, n_chosen=n_chosen,
         )
         for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg)
+            group["lr"] = lr_at(step, cfg, elapsed)
         with self.autocast():
-            logits, loss = self.forward(batch.inputs, batch.labels, batch.positions)
+            logits, loss = self._forward(batch)
         loss.backward()
         if cfg.train.grad_clip:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
@@ -168,9 +188,25 @@ class StepRunner:
             return StepOutput(loss.detach(), torch.zeros((), device=ids.device), n_chosen, grad_norm, {})
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if not self.metrics:
+            return StepOutput(loss.detach(), loss.new_zeros(()), n_chosen, grad_norm, {})
         targets = ids.reshape(-1)[batch.positions]
         correct = (logits.detach().argmax(-1) == targets).sum()
         return StepOutput(loss.detach(), correct, n_chosen, grad_norm, realised_split(batch, ids))
+
+    def _forward(self, batch):
+        if self.compiled and self.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()  # a new step: last step's graph outputs are done
+        if self._checked:
+            return self.forward(batch.inputs, batch.labels, batch.positions)
+        try:  # the first compiled call compiles: a machine without a working compiler fails here
+            out = self.forward(batch.inputs, batch.labels, batch.positions)
+        except Exception as exc:  # noqa: BLE001 - any compiler failure: train eagerly instead
+            self.forward, self.compiled = self.eager, False
+            self.on_message(f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); training without it")
+            out = self.forward(batch.inputs, batch.labels, batch.positions)
+        self._checked = True
+        return out
 
     def _n_chosen(self, ids: torch.Tensor) -> int | None:
         # Training windows hold no padding, so without no-mask tokens the count is static.
@@ -184,11 +220,39 @@ def _grad_norm(model: torch.nn.Module) -> torch.Tensor:
     return torch.stack(grads).norm() if grads else torch.zeros(())
 
 
-def maybe_compile(model: MaskedLM, mode: str, device: torch.device) -> Callable | None:
-    """torch.compile where it pays: `auto` means CUDA only (CPU compile time outweighs its gain here)."""
-    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+COMPILE_PAYS_MINUTES = 10.0  # CPU compilation takes 30-60 s on 2 cores; it pays only on longer runs
+
+
+def compile_decision(cfg: ExperimentConfig, device: torch.device) -> bool:
+    """Whether `train.compile` means compile here.
+
+    `auto`: always on CUDA. On a CPU, only for runs planned to last at least COMPILE_PAYS_MINUTES
+    (`train.max_minutes`, or no time limit and at least 5000 steps): compiling takes 30-60 s on a
+    2-core CPU and gains 10-20% per step (measured; see experiments/README-performance.md), so a
+    2-minute run would lose by it. Never on MPS.
+    """
+    mode, t = cfg.train.compile, cfg.train
+    if mode != "auto":
+        return mode == "on"
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    return t.max_minutes >= COMPILE_PAYS_MINUTES or (not t.max_minutes and t.steps >= 5000)
+
+
+def maybe_compile(model: torch.nn.Module, cfg: ExperimentConfig, device: torch.device) -> Callable | None:
+    """torch.compile with static shapes (the masked count per batch is fixed), where it pays.
+
+    On CUDA, small models also get CUDA graphs ("reduce-overhead"), which replay a whole step's
+    kernels with one launch: their launch overhead is what bounds them. A failed compilation is
+    caught by StepRunner, which then trains eagerly.
+    """
+    if not compile_decision(cfg, device):
         return None
-    return torch.compile(model, dynamic=False)
+    small = sum(p.numel() for p in model.parameters()) < 50_000_000
+    mode = "reduce-overhead" if device.type == "cuda" and small else None
+    return torch.compile(model, dynamic=False, mode=mode)
 
 
 # --- evaluation and samples ----------------------------------------------------------------------
@@ -322,8 +386,10 @@ class Trainer:
         no_mask_ids = no_mask if no_mask.numel() else None
         train_model = self._wrap_distributed(model)
         sampler = WindowSampler(self.data.train_ids.to(self.device), data_gen)
+        compiled = maybe_compile(train_model, cfg, self.device)
         runner = StepRunner(model, optimizer, cfg, self.device, self.precision, sampler, mask_gen, no_mask_ids,
-                            compiled=maybe_compile(train_model, cfg.train.compile, self.device) or train_model)
+                            compiled=train_model if compiled is None else compiled)
+        runner.on_message = self.reporter.message
         evalset = build_eval_set(self.data.valid_ids, cfg, tok.vocab_size, no_mask_ids, self.device) if self.rank == 0 else None
         if self.store:
             self.store.start_run(self.run_id, device=str(self.device), precision=self.precision, n_params=model.n_params())
@@ -402,15 +468,16 @@ class Trainer:
         last_eval: dict[str, float] = {}
         while progress.step < t.steps:
             step_tokens = t.batch_size * seq_len_at(progress.step, cfg) * self.world_size
-            out = runner.step(progress.step)
+            out = runner.step(progress.step, progress.elapsed)
             progress.step += 1
             progress.tokens += step_tokens
             window.add(out, step_tokens)
+            last_elapsed = progress.elapsed  # what this step's learning rate was computed from
             progress.elapsed = time.monotonic() - started
             at_log = progress.step % t.log_every == 0 or progress.step == t.steps
             if at_log:
                 stats = window.drain(progress.step)
-                stats["lr"] = lr_at(progress.step - 1, cfg)
+                stats["lr"] = lr_at(progress.step - 1, cfg, last_elapsed)
                 self._log(progress, stats)
                 self.reporter.update(progress.step, {**stats, **last_eval})
             side_work = time.perf_counter()
