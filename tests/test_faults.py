@@ -104,7 +104,7 @@ def nan_at(monkeypatch, steps: set[int]) -> None:
 
 def test_huge_learning_rate_fails_naming_step_and_checkpoint(capsys, db_path, sets, monkeypatch):
     lr_at = mlmlab.training.lr_at
-    monkeypatch.setattr(mlmlab.training, "lr_at", lambda step, cfg: 1e30 if step >= 5 else lr_at(step, cfg))
+    monkeypatch.setattr(mlmlab.training, "lr_at", lambda step, cfg, *rest: 1e30 if step >= 5 else lr_at(step, cfg, *rest))
     code, err = cli(capsys, "run", "--db", str(db_path), "--quiet", sets=sets)
     line = only_line(err)
     assert code == 1 and "loss became nan at step 7 (last good checkpoint: step 4)" in line, line
