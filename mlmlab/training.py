@@ -215,6 +215,13 @@ class StepRunner:
         return None
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy to the device once, before training: pinned and asynchronous on CUDA."""
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def _grad_norm(model: torch.nn.Module) -> torch.Tensor:
     grads = [p.grad.detach().float().norm() for p in model.parameters() if p.grad is not None]
     return torch.stack(grads).norm() if grads else torch.zeros(())
@@ -280,7 +287,7 @@ def build_eval_set(valid_ids: torch.Tensor, cfg: ExperimentConfig, vocab_size: i
     for _ in range(cfg.train.eval_batches):
         ids = sampler.batch(cfg.train.batch_size, cfg.train.seq_len)
         b = mask(ids)
-        batches.append((ids.to(device), b.inputs.to(device), b.labels.to(device)))
+        batches.append((to_device(ids, device), to_device(b.inputs, device), to_device(b.labels, device)))
     # Prompts: evenly spaced held-out windows, so they are readable text rather than random picks.
     T = cfg.train.seq_len
     starts = torch.linspace(0, valid_ids.numel() - T, N_SAMPLE_PROMPTS).long()
@@ -291,18 +298,22 @@ def build_eval_set(valid_ids: torch.Tensor, cfg: ExperimentConfig, vocab_size: i
 
 @torch.no_grad()
 def evaluate(model: MaskedLM, evalset: EvalSet, precision: str, device: torch.device) -> dict[str, float]:
+    """Loss and accuracy over the fixed held-out batches; sums stay on the device, one read at the end."""
     model.eval()
-    total_loss, correct, count = 0.0, 0, 0
+    total_loss = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    count = torch.zeros((), device=device, dtype=torch.long)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         for ids, inputs, labels in evalset.batches:
             logits, _ = model(inputs)
             chosen = labels != -100
             picked = logits[chosen].float()
-            total_loss += F.cross_entropy(picked, labels[chosen], reduction="sum").item()
-            correct += (picked.argmax(-1) == labels[chosen]).sum().item()
-            count += int(chosen.sum())
+            total_loss += F.cross_entropy(picked, labels[chosen], reduction="sum")
+            correct += (picked.argmax(-1) == labels[chosen]).sum()
+            count += chosen.sum()
     model.train()
-    return {"eval_loss": total_loss / max(count, 1), "eval_acc": correct / max(count, 1)}
+    n = max(int(count), 1)
+    return {"eval_loss": float(total_loss) / n, "eval_acc": int(correct) / n}
 
 
 @torch.no_grad()
@@ -385,7 +396,7 @@ class Trainer:
         no_mask = torch.tensor(tok.ids_of(cfg.mask.no_mask_tokens), dtype=torch.long, device=self.device)
         no_mask_ids = no_mask if no_mask.numel() else None
         train_model = self._wrap_distributed(model)
-        sampler = WindowSampler(self.data.train_ids.to(self.device), data_gen)
+        sampler = WindowSampler(to_device(self.data.train_ids, self.device), data_gen)
         compiled = maybe_compile(train_model, cfg, self.device)
         runner = StepRunner(model, optimizer, cfg, self.device, self.precision, sampler, mask_gen, no_mask_ids,
                             compiled=train_model if compiled is None else compiled)
