@@ -23,11 +23,10 @@ from torch import nn
 
 import mlmlab.model as model_module
 from mlmlab.bench import alternate, build_setup
-from mlmlab.config import load_config
 from mlmlab.devices import resolve_device
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_vs_hf import CONFIGS, sync_for, token_stream  # noqa: E402
+from bench_vs_hf import CONFIGS, resized_seed, sync_for, token_stream  # noqa: E402
 
 
 def log(text: str) -> None:
@@ -157,11 +156,7 @@ ITEMS = {
 def build(c: dict, device, stream, precision: str | None = None, compile_mode: str = "off", change=None):
     from mlmlab.devices import resolve_precision
 
-    cfg = load_config("seed", [
-        f"model.d_model={c['d_model']}", f"model.n_layers={c['n_layers']}", f"model.n_heads={c['n_heads']}",
-        f"model.d_ff={c['d_ff']}", f"model.max_seq_len={c['seq_len']}", f"train.seq_len={c['seq_len']}",
-        f"train.batch_size={c['batch_size']}", "train.warmup_steps=100", f"train.compile={compile_mode}",
-    ])
+    cfg = resized_seed(c, f"train.compile={compile_mode}")
     precision = precision or resolve_precision("auto", device)
     setup = build_setup(cfg, device, precision, stream, c["vocab"])
     if change is not None:

@@ -7,8 +7,8 @@
 Both models train on the same char-level data (the built-in corpus unless --data), see the same
 kind of batches (random windows of `train.seq_len`, masked with mlmlab's exact masking at the
 preset's rate for mlmlab and BERT's standard 15 / 10 / 10 for Hugging Face), and are scored on the
-*same* held-out batches with the *same* fixed masks (mlmlab's evaluation set, EVAL_SEED, masked at
-the standard 15 / 10 / 10 whatever rate the recipe trains with).
+*same* held-out batches with the *same* fixed masks (mlmlab's evaluation set: EVAL_SEED, masked
+at BERT's standard 15 / 10 / 10 whatever rate a recipe trains with).
 
 mlmlab trains exactly as `mlmlab run experiments/quick.toml --set train.max_minutes=SECONDS/60`
 would: its StepRunner, precision and compile defaults, learning-rate schedule (which anneals by the
@@ -78,8 +78,9 @@ class Contender:
 class Mlmlab(Contender):
     name = "mlmlab"
 
-    def __init__(self, cfg, data, device):
+    def __init__(self, cfg, data, device, name: str = "mlmlab"):
         super().__init__()
+        self.name = name
         self.cfg = cfg
         self.precision = resolve_precision(cfg.train.precision, device)
         self.setup = build_setup(cfg, device, self.precision, data.train_ids, data.tokenizer.vocab_size)
@@ -198,7 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hf-lr", type=float, help="noam multiplier (default 1.0) or cosine peak (default 1e-3)")
     p.add_argument("--hf-warmup", type=int, help="warm-up steps (default 4000 for noam, 100 for cosine)")
     p.add_argument("--hf-setting", help="'ATTN PRECISION', e.g. 'eager bf16' (default: fastest in a short trial)")
-    p.add_argument("--only", choices=("mlmlab", "hf"), help="train one side only (recipe tuning)")
+    p.add_argument("--only", choices=("mlmlab", "hf"), help="train one side only")
+    p.add_argument("--against", action="append", default=[], metavar="KEY=VALUE",
+                   help="instead of Hugging Face, race mlmlab with these extra overrides (recipe tuning, repeatable)")
     p.add_argument("--threads", type=int)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", type=Path)
@@ -213,16 +216,18 @@ def main(argv: list[str] | None = None) -> int:
         sets.append(f"data.source={args.data}")
     cfg = load_config(args.config, sets)
     data = prepare_data(cfg)
-    # Scored at BERT's standard 15 / 10 / 10 whatever rate a recipe trains with, same for both.
-    eval_cfg = cfg.with_overrides({"mask.masking_prob": 0.15, "mask.randomize_prob": 0.1, "mask.no_change_prob": 0.1})
-    evalset = build_eval_set(data.valid_ids, eval_cfg, data.tokenizer.vocab_size, None, device)
+    # mlmlab's evaluation set: BERT's standard 15 / 10 / 10 whatever rate a recipe trains with.
+    evalset = build_eval_set(data.valid_ids, cfg, data.tokenizer.vocab_size, None, device)
 
     contenders: list[Contender] = []
     report: dict = {"seconds": args.seconds, "config": cfg.to_dict(), "threads": torch.get_num_threads(),
                     "device": str(device), "torch": torch.__version__}
     if args.only != "hf":
         contenders.append(Mlmlab(cfg, data, device))
-    if args.only != "mlmlab":
+    if args.against:
+        contenders.append(Mlmlab(load_config(args.config, [*sets, *args.against]), data, device, "mlmlab+against"))
+        report["against"] = args.against
+    elif args.only != "mlmlab":
         if args.hf_setting:
             attn, precision = args.hf_setting.split()
         else:
@@ -254,10 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|")
     for c in contenders:
         r = results[c.name]
-        setting = (f"{cfg.train.precision}->{c.precision}, lr {cfg.train.lr}, batch {cfg.train.batch_size}x{cfg.train.seq_len}"
-                   if c.name == "mlmlab" else report["hf_setting"])
+        setting = report.get("hf_setting", "") if c.name == "hf" else (
+            f"{c.precision}, lr {c.cfg.train.lr}, warm-up {c.cfg.train.warmup_steps}, masking {c.cfg.mask.masking_prob}, "
+            f"batch {c.cfg.train.batch_size}x{c.cfg.train.seq_len}"
+            + (f", {c.cfg.train.short_seq_len}-token windows for {c.cfg.train.short_seq_steps} steps" if c.cfg.train.short_seq_len else ""))
         print(f"| {c.name} | {setting} | {r['steps']:,} | {r['tokens_per_s']:,.0f} | {r['eval_loss']:.3f} | {r['eval_acc']:.1%} |")
-    if len(results) == 2:
+    if "hf" in results and "mlmlab" in results:
         ratio = results["mlmlab"]["eval_acc"] / results["hf"]["eval_acc"]
         report["accuracy_ratio"] = ratio
         print(f"\naccuracy ratio mlmlab / HF: {ratio:.2f}x (target 1.2x)")

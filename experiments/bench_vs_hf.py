@@ -63,13 +63,18 @@ def token_stream(vocab: int, n: int = 1_000_000, seed: int = 0) -> torch.Tensor:
     return torch.randint(N_SPECIAL, vocab, (n,), generator=torch.Generator().manual_seed(seed))
 
 
-def mlmlab_step(c: dict, device: torch.device, stream: torch.Tensor):
-    """mlmlab's real StepRunner at its defaults for the seed preset resized to `c`."""
-    cfg = load_config("seed", [
+def resized_seed(c: dict, *extra: str):
+    """The seed preset (a long run: compile auto is on) with the sizes, batch and length of `c`."""
+    return load_config("seed", [
         f"model.d_model={c['d_model']}", f"model.n_layers={c['n_layers']}", f"model.n_heads={c['n_heads']}",
         f"model.d_ff={c['d_ff']}", f"model.max_seq_len={c['seq_len']}", f"train.seq_len={c['seq_len']}",
-        f"train.batch_size={c['batch_size']}", "train.warmup_steps=100",
+        f"train.batch_size={c['batch_size']}", "train.warmup_steps=100", *extra,
     ])
+
+
+def mlmlab_step(c: dict, device: torch.device, stream: torch.Tensor):
+    """mlmlab's real StepRunner at its defaults for the seed preset resized to `c`."""
+    cfg = resized_seed(c)
     precision = resolve_precision(cfg.train.precision, device)
     setup = build_setup(cfg, device, precision, stream, c["vocab"])
     counter = iter(range(10**9))

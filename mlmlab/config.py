@@ -48,7 +48,7 @@ class ModelConfig(_Section):
 
 
 class MaskConfig(_Section):
-    masking_prob: float = Field(0.15, gt=0, le=1, description="share of maskable positions chosen for prediction")
+    masking_prob: float = Field(0.4, gt=0, le=1, description="share of maskable positions chosen for prediction")
     randomize_prob: float = Field(0.1, ge=0, le=1, description="share of chosen positions replaced by a random real token")
     no_change_prob: float = Field(0.1, ge=0, le=1, description="share of chosen positions left unchanged")
     no_mask_tokens: list[str] = Field(default_factory=list, description="tokens never chosen, e.g. [' ', '\\n']")
@@ -59,10 +59,10 @@ class TrainConfig(_Section):
     seq_len: int = Field(64, ge=4, le=65536, description="tokens per sequence; at most model.max_seq_len")
     steps: int = Field(3000, ge=1, le=MAX_STEPS, description="stop after this many optimizer steps")
     max_minutes: float = Field(2.0, ge=0, le=1e7, description="also stop after this much wall time (0 = no limit)")
-    lr: float = Field(2e-3, gt=0, le=10, description="peak learning rate (a multiplier for the noam schedule)")
+    lr: float = Field(3e-3, gt=0, le=10, description="peak learning rate (a multiplier for the noam schedule)")
     optimizer: Literal["adamw", "adam"] = Field("adamw", description="optimizer")
     schedule: Literal["cosine", "noam", "constant"] = Field("cosine", description="learning-rate schedule after warm-up")
-    warmup_steps: int = Field(100, ge=0, le=MAX_STEPS, description="linear warm-up steps")
+    warmup_steps: int = Field(200, ge=0, le=MAX_STEPS, description="linear warm-up steps")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine floor as a share of lr")
     weight_decay: float = Field(0.01, ge=0, le=1, description="AdamW weight decay (not applied to norms and biases)")
     grad_clip: float = Field(1.0, ge=0, le=1e6, description="clip the global gradient norm (0 = off)")
@@ -70,8 +70,8 @@ class TrainConfig(_Section):
     compile: Literal["auto", "on", "off"] = Field("auto", description="torch.compile the model (auto: on CUDA only)")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="seed for init, batches and masks")
-    short_seq_len: int = Field(0, ge=0, le=65536, description="train the first short_seq_steps at this length (0 = off)")
-    short_seq_steps: int = Field(0, ge=0, le=MAX_STEPS, description="steps spent at short_seq_len")
+    short_seq_len: int = Field(32, ge=0, le=65536, description="train the first short_seq_steps at this length (0 = off; no effect when not below seq_len)")
+    short_seq_steps: int = Field(400, ge=0, le=MAX_STEPS, description="steps spent at short_seq_len")
     log_every: int = Field(10, ge=1, le=MAX_STEPS, description="steps between train metric rows")
     eval_every: int = Field(100, ge=1, le=MAX_STEPS, description="steps between held-out evaluations and samples")
     eval_batches: int = Field(8, ge=1, le=1000, description="held-out batches per evaluation (fixed windows, fixed masks)")
@@ -263,8 +263,10 @@ def _cross_check(cfg: ExperimentConfig) -> None:
         raise ConfigError(
             f"mask.randomize_prob + mask.no_change_prob = {k.randomize_prob + k.no_change_prob:g}: must be at most 1"
         )
-    if t.short_seq_len and not 4 <= t.short_seq_len < t.seq_len:
-        raise ConfigError(f"train.short_seq_len = {t.short_seq_len}: must be between 4 and train.seq_len - 1 = {t.seq_len - 1} (0 = off)")
+    # A short length at or above seq_len leaves nothing to warm up: the run trains at seq_len throughout,
+    # so overriding seq_len on a preset with a warm-up never needs a second override.
+    if t.short_seq_len and t.short_seq_len < 4:
+        raise ConfigError(f"train.short_seq_len = {t.short_seq_len}: must be at least 4 (0 = off)")
     if t.short_seq_steps and not t.short_seq_len:
         raise ConfigError(f"train.short_seq_steps = {t.short_seq_steps}: needs train.short_seq_len > 0")
     for token in k.no_mask_tokens:

@@ -17,7 +17,7 @@ TINY_SETS = [
     "model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.d_ff=64", "model.max_seq_len=32",
     "train.batch_size=16", "train.seq_len=32", "train.steps=40", "train.max_minutes=0", "train.lr=3e-3",
     "train.warmup_steps=5", "train.log_every=5", "train.eval_every=20", "train.eval_batches=2",
-    "train.checkpoint_every=20", "train.precision=fp32",
+    "train.checkpoint_every=20", "train.precision=fp32", "mask.masking_prob=0.15",
 ]
 
 _WORDS = ("the cat dog sat on a mat and ran to big small red blue house tree fox jumps over lazy "

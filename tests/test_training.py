@@ -182,3 +182,12 @@ def test_short_sequence_warmup(db_path, tiny_sets):
     assert run["tokens"] == 10 * 16 * 8 + 10 * 16 * 32
     assert by_step[10] == 10 * 16 * 8 and by_step[20] == run["tokens"]
     assert len(tokens) == 4
+
+
+def test_short_length_not_below_seq_len_means_no_warmup():
+    from mlmlab.config import load_config
+    from mlmlab.training import seq_len_at
+
+    cfg = load_config(None, ["train.seq_len=32", "train.short_seq_len=32", "train.short_seq_steps=10"])
+    assert seq_len_at(0, cfg) == 32
+    assert seq_len_at(0, load_config()) == load_config().train.short_seq_len < load_config().train.seq_len
