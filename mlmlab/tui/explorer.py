@@ -37,6 +37,7 @@ from mlmlab.errors import MlmlabError
 from mlmlab.notation import KEEP, MASK_TEXT, MASKED, RANDOM, MaskedText, parse, visible
 from mlmlab.store import Store, effective_status
 from mlmlab.tokenizer import UNK as UNK_TEXT
+from mlmlab.tui.formatting import bar
 
 if TYPE_CHECKING:
     from mlmlab.prediction import AttentionMap, CheckpointRef, Prediction, PredictorCache
@@ -128,13 +129,6 @@ def answer(request: Request, cache: PredictorCache, loading: Callable[[str], Non
 def cell_of(token: str) -> str:
     """One character cell for a token the model saw."""
     return {MASK_TEXT: "▒", UNK_TEXT: "�"}.get(token, visible(token))
-
-
-def bar(probability: float, width: int) -> str:
-    """A horizontal bar with eighth-cell resolution."""
-    eighths = round(max(0.0, min(1.0, probability)) * width * 8)
-    full, part = divmod(eighths, 8)
-    return ("█" * full + ("▏▎▍▌▋▊▉"[part - 1] if part else "")).ljust(width)
 
 
 def filled_text(prediction: Prediction, disagree: tuple[int, ...] = ()) -> Text:

@@ -36,13 +36,17 @@ def status_text(status: str) -> Text:
     return Text(f"{STATUS_MARKS.get(status, '?')} {status}", style=STATUS_STYLES.get(status, ""))
 
 
-def progress_text(step: int, total: int, width: int = 10) -> Text:
-    """A bar of `width` cells plus `step/total`; eighth blocks give sub-cell resolution."""
-    fraction = 0.0 if not total else max(0.0, min(1.0, step / total))
-    eighths = round(fraction * width * 8)
+def bar(fraction: float, width: int) -> str:
+    """A horizontal bar `width` cells wide; eighth blocks give sub-cell resolution."""
+    eighths = round(max(0.0, min(1.0, fraction)) * width * 8)
     full, part = divmod(eighths, 8)
-    bar = "█" * full + ("▏▎▍▌▋▊▉"[part - 1] if part else "")
-    text = Text(bar.ljust(width), style="green" if fraction >= 1 else "blue")
+    return ("█" * full + ("▏▎▍▌▋▊▉"[part - 1] if part else "")).ljust(width)
+
+
+def progress_text(step: int, total: int, width: int = 10) -> Text:
+    """A bar of `width` cells plus `step/total`."""
+    fraction = 0.0 if not total else max(0.0, min(1.0, step / total))
+    text = Text(bar(fraction, width), style="green" if fraction >= 1 else "blue")
     text.append(f" {step}/{total}", style="")
     return text
 
