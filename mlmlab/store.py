@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -291,8 +292,7 @@ class Store:
             if version < MIN_READ_VERSION:
                 raise StoreError(f"database {self.path}: not an mlmlab database yet (run `mlmlab run` to create it)")
             return
-        if self.db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-            self.db.execute("PRAGMA journal_mode = WAL")
+        self._enable_wal()
         self.db.execute("PRAGMA synchronous = NORMAL")  # with WAL: durable at checkpoints, never corrupt
         self.db.execute("PRAGMA foreign_keys = ON")
         if version < SCHEMA_VERSION:
@@ -305,6 +305,26 @@ class Store:
                         raise StoreError(f"database {self.path}: holds tables that are not mlmlab's; choose another --db")
                     migrations.apply(self.db)
                     self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _enable_wal(self) -> None:
+        """Switch the file to WAL (a lasting property of the file: after the first open, a no-op).
+
+        The switch needs the file to itself, and SQLite does not run the busy handler for it: when
+        several processes open a new database at once (four runs started together), the losers
+        get "database is locked" at once. So retry, with jittered backoff, within the busy timeout,
+        and stop as soon as any process (this one or another) has made the file WAL.
+        """
+        deadline = time.monotonic() + self.busy_timeout_ms / 1000
+        delay = 0.005
+        while self.db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            try:
+                self.db.execute("PRAGMA journal_mode = WAL").fetchall()
+                return  # WAL, or a file system without it: SQLite then keeps its rollback journal
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, 0.2)
 
     def _check_version(self) -> int:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]

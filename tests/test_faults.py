@@ -15,6 +15,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -441,6 +442,26 @@ def test_concurrent_first_open_migrates_once(tmp_path):
     assert conn.execute("select count(*) from _sqlite_migrations").fetchone()[0] == 2
     conn.close()
 
+
+
+def test_first_open_waits_for_another_process_switching_to_wal(tmp_path):
+    # While another connection holds the write lock of a file still in rollback mode (as a process
+    # half-way through its own switch to WAL does), SQLite refuses the switch at once, without its
+    # busy handler: the open must wait and retry, not fail.
+    db = tmp_path / "new.db"
+    holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("CREATE TABLE placeholder (x)")
+    holder.execute("DROP TABLE placeholder")
+    release = threading.Timer(0.3, lambda: holder.execute("COMMIT"))
+    release.start()
+    try:
+        with Store(db) as store:
+            assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            assert store.runs() == []
+    finally:
+        release.join()
+        holder.close()
 
 # --- requirement 7: what only reads cannot write ------------------------------------------------------
 
