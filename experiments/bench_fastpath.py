@@ -5,7 +5,8 @@
     python experiments/bench_fastpath.py --threads 1 --rounds 9
 
 Every variant is mlmlab's real StepRunner at its defaults with exactly one thing changed back (or,
-for items that are off by default, turned on). Variants take turns in one process; a row gives the
+for items that are off by default, turned on). Each variant trains in its own process (sharing one
+process, variants disturbed each other) and they take turns; a row gives the
 variant's median tokens/s and the median over rounds of default ÷ variant within a round, i.e. how
 much faster the default is than the step without the item. Rounds in which other processes used
 more than 5% of the CPUs are set aside when at least three clean ones remain.
@@ -22,11 +23,11 @@ import torch
 from torch import nn
 
 import mlmlab.model as model_module
-from mlmlab.bench import alternate, build_setup
-from mlmlab.devices import resolve_device
+from mlmlab.bench import IsolatedStep, alternate, build_setup
+from mlmlab.devices import resolve_device, resolve_precision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_vs_hf import CONFIGS, resized_seed, sync_for, token_stream  # noqa: E402
+from bench_vs_hf import CONFIGS, resized_seed, token_stream  # noqa: E402
 
 
 def log(text: str) -> None:
@@ -153,21 +154,26 @@ ITEMS = {
 }
 
 
-def build(c: dict, device, stream, precision: str | None = None, compile_mode: str = "off", change=None):
+def build(c: dict, device: str, precision: str | None = None, compile_mode: str = "off", item: str | None = None,
+          threads: int | None = None):
+    """One variant's training step, built inside its own worker process (see IsolatedStep)."""
     from mlmlab.devices import resolve_precision
 
+    if threads:
+        torch.set_num_threads(threads)
+    device = torch.device(device)
     cfg = resized_seed(c, f"train.compile={compile_mode}")
     precision = precision or resolve_precision("auto", device)
-    setup = build_setup(cfg, device, precision, stream, c["vocab"])
-    if change is not None:
-        change(setup)
+    setup = build_setup(cfg, device, precision, token_stream(c["vocab"]), c["vocab"])
+    if item is not None:
+        ITEMS[item][2](setup)
     counter = iter(range(10**9))
     tokens = c["batch_size"] * c["seq_len"]
 
     def step():
         setup.window.add(setup.runner.step(next(counter) + 200), tokens)
 
-    return step, precision
+    return step
 
 
 def main(argv=None) -> int:
@@ -184,23 +190,26 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     c = CONFIGS[args.config]
-    stream = token_stream(c["vocab"])
-    sync = sync_for(device)
     rows = []
     for name in args.items.split(","):
         what, without, change = ITEMS[name]
         # Compile stays off except in its own row: compiling every variant would take many minutes.
         base_compile = "on" if name == "compile" else "off"
-        default, precision = build(c, device, stream, compile_mode=base_compile)
+        precision = resolve_precision("auto", device)
+        default = IsolatedStep(build, c, str(device), precision, base_compile, None, args.threads)
         if isinstance(change, dict):
-            variant, _ = build(c, device, stream, change.get("precision"), change.get("compile", base_compile))
+            variant = IsolatedStep(build, c, str(device), change.get("precision"), change.get("compile", base_compile),
+                                   None, args.threads)
         else:
-            variant, _ = build(c, device, stream, compile_mode=base_compile, change=change)
-        for f in (default, variant):
-            for _ in range(3):
-                f()
-        fig = alternate({"default": default, "without": variant}, rounds=args.rounds, steps=args.steps,
-                        tokens_per_step=c["batch_size"] * c["seq_len"], sync=sync)
+            variant = IsolatedStep(build, c, str(device), precision, base_compile, name, args.threads)
+        try:
+            for f in (default, variant):
+                f.run(3)
+            fig = alternate({"default": default, "without": variant}, rounds=args.rounds, steps=args.steps,
+                            tokens_per_step=c["batch_size"] * c["seq_len"])
+        finally:
+            default.close()
+            variant.close()
         used, clean = fig.rounds_used()
         row = {"item": name, "default": what, "without": without, "precision": precision,
                "tokens_per_s_default": fig.median("default", used), "tokens_per_s_without": fig.median("without", used),

@@ -13,6 +13,8 @@ Face runs at its best setting: every combination of attention (eager, sdpa) and 
 bf16 autocast) is tried for a few alternating rounds and the fastest is kept. Then the two take
 turns for `--rounds` rounds of `--steps` steps; the table gives each one's median tokens/s and the
 median over rounds of the ratio within a round, so load drifting on a shared machine hits both.
+Each contender trains in a process of its own (`mlmlab.bench.IsolatedStep`): sharing one process,
+they slowed each other down (HF by a quarter after torch.compile's kernels had run beside it).
 
 Masking: mlmlab's `mask_tokens` (exact split) against the labml reference's vectorised algorithm
 (independent Bernoulli draws for chosen / random / unchanged, which overlap), re-implemented below
@@ -35,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from mlmlab.bench import alternate, build_setup
+from mlmlab.bench import IsolatedStep, alternate, build_setup
 from mlmlab.config import load_config
 from mlmlab.data import WindowSampler
 from mlmlab.devices import resolve_device, resolve_precision
@@ -72,24 +74,31 @@ def resized_seed(c: dict, *extra: str):
     ])
 
 
-def mlmlab_step(c: dict, device: torch.device, stream: torch.Tensor):
-    """mlmlab's real StepRunner at its defaults for the seed preset resized to `c`."""
+def mlmlab_step(c: dict, device: str, threads: int | None = None):
+    """mlmlab's real StepRunner at its defaults for the seed preset resized to `c` (built in its worker)."""
+    device = _worker_setup(device, threads)
     cfg = resized_seed(c)
     precision = resolve_precision(cfg.train.precision, device)
-    setup = build_setup(cfg, device, precision, stream, c["vocab"])
+    setup = build_setup(cfg, device, precision, token_stream(c["vocab"]), c["vocab"])
     counter = iter(range(10**9))
     tokens = c["batch_size"] * c["seq_len"]
 
     def step():
         setup.window.add(setup.runner.step(next(counter) + 200), tokens)  # past warm-up: ordinary steps
 
-    label = f"{precision}, compile {'on' if compile_decision(cfg, device) else 'off'}"
-    return step, label
+    return step
 
 
-def hf_step(c: dict, device: torch.device, stream: torch.Tensor, attn: str, precision: str):
+def mlmlab_label(c: dict, device: torch.device) -> str:
+    cfg = resized_seed(c)
+    return f"{resolve_precision(cfg.train.precision, device)}, compile {'on' if compile_decision(cfg, device) else 'off'}"
+
+
+def hf_step(c: dict, device: str, attn: str, precision: str, threads: int | None = None):
+    """One training step of `BertForMaskedLM` of the same size, built in its worker."""
     from transformers import BertConfig, BertForMaskedLM
 
+    device = _worker_setup(device, threads)
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=c["vocab"], hidden_size=c["d_model"], num_hidden_layers=c["n_layers"],
@@ -101,7 +110,7 @@ def hf_step(c: dict, device: torch.device, stream: torch.Tensor, attn: str, prec
     fused = device.type in ("cpu", "cuda")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused or None)
     gen = torch.Generator(device).manual_seed(1)
-    sampler = WindowSampler(stream.to(device), gen)
+    sampler = WindowSampler(token_stream(c["vocab"]).to(device), gen)
     B, T = c["batch_size"], c["seq_len"]
     n_chosen = n_chosen_for(B * T, 0.15)
 
@@ -119,33 +128,43 @@ def hf_step(c: dict, device: torch.device, stream: torch.Tensor, attn: str, prec
     return step
 
 
+def _worker_setup(device: str, threads: int | None) -> torch.device:
+    if threads:
+        torch.set_num_threads(threads)
+    return torch.device(device)
+
+
 def sync_for(device: torch.device):
     return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
 
 def throughput(name: str, c: dict, device: torch.device, args) -> dict:
-    stream = token_stream(c["vocab"])
     tokens = c["batch_size"] * c["seq_len"]
-    sync = sync_for(device)
-    ours, ours_label = mlmlab_step(c, device, stream)
+    ours_label = mlmlab_label(c, device)
     started = time.perf_counter()
-    for _ in range(args.warmup):
-        ours()
-    sync()
-    log(f"[{name}] mlmlab ({ours_label}) warm-up {time.perf_counter() - started:.1f} s")
+    ours = IsolatedStep(mlmlab_step, c, str(device), args.threads)
+    ours.run(args.warmup)
+    log(f"[{name}] mlmlab ({ours_label}) built and warmed up in {time.perf_counter() - started:.1f} s")
 
-    candidates = {f"hf {attn} {prec}": hf_step(c, device, stream, attn, prec) for attn, prec in HF_SETTINGS}
-    for step in candidates.values():
-        for _ in range(2):
-            step()
-    trial = alternate(candidates, rounds=args.hf_trial_rounds, steps=args.hf_trial_steps, tokens_per_step=tokens, sync=sync)
-    trial_rounds, _ = trial.rounds_used(min_clean=1, max_foreign=args.max_foreign)
-    trial_median = {k: trial.median(k, trial_rounds) for k in candidates}
-    best = max(trial_median, key=trial_median.get)
-    log(f"[{name}] HF trial: " + ", ".join(f"{k} {v:,.0f}" for k, v in trial_median.items()) + f" -> {best}")
-
-    figures = alternate({"mlmlab": ours, "hf": candidates[best]}, rounds=args.rounds, steps=args.steps,
-                        tokens_per_step=tokens, sync=sync, log=lambda s: log(f"[{name}] {s}"))
+    candidates = {f"hf {attn} {prec}": IsolatedStep(hf_step, c, str(device), attn, prec, args.threads)
+                  for attn, prec in HF_SETTINGS}
+    try:
+        for step in candidates.values():
+            step.run(2)
+        trial = alternate(candidates, rounds=args.hf_trial_rounds, steps=args.hf_trial_steps, tokens_per_step=tokens)
+        trial_rounds, _ = trial.rounds_used(min_clean=1, max_foreign=args.max_foreign)
+        trial_median = {k: trial.median(k, trial_rounds) for k in candidates}
+        best = max(trial_median, key=trial_median.get)
+        log(f"[{name}] HF trial: " + ", ".join(f"{k} {v:,.0f}" for k, v in trial_median.items()) + f" -> {best}")
+        for key in candidates:
+            if key != best:
+                candidates[key].close()
+        figures = alternate({"mlmlab": ours, "hf": candidates[best]}, rounds=args.rounds, steps=args.steps,
+                            tokens_per_step=tokens, log=lambda s: log(f"[{name}] {s}"))
+    finally:
+        ours.close()
+        for step in candidates.values():
+            step.close()
     rounds, clean = figures.rounds_used(min_clean=3, max_foreign=args.max_foreign)
     return {
         "config": name, **{k: v for k, v in c.items() if k != "target"}, "target": c["target"],

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
 
 from conftest import run_cli, sets_args
 
-from mlmlab.bench import Alternation, alternate, flops_per_token
+from mlmlab.bench import Alternation, IsolatedStep, alternate, flops_per_token
 from mlmlab.model import ModelArgs
 
 
@@ -63,6 +64,37 @@ def test_alternation_pairs_rounds_and_sets_disturbed_ones_aside():
     assert calls == ["x", "x", "y", "y", "y", "y", "x", "x"]  # taking turns, the order flipped each round
     assert len(result.tokens_per_s["x"]) == 2 and len(result.foreign["y"]) == 2
 
+
+
+def appending_step(path: str):
+    """A factory for IsolatedStep: each step appends the worker's pid to a file."""
+    def step():
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"{os.getpid()}\n")
+    return step
+
+
+def failing_factory():
+    raise ValueError("no such model")
+
+
+def test_isolated_step_runs_in_a_process_of_its_own(tmp_path):
+    calls = tmp_path / "calls"
+    step = IsolatedStep(appending_step, str(calls))
+    try:
+        step.run(3)
+        step()
+        alternate({"isolated": step, "here": lambda: None}, rounds=2, steps=2, tokens_per_step=1)
+    finally:
+        step.close()
+    pids = calls.read_text().split()
+    assert len(pids) == 3 + 1 + 2 * 2
+    assert set(pids) == {str(step.pid)} and step.pid != os.getpid()
+
+
+def test_isolated_step_reports_a_failed_build():
+    with pytest.raises(RuntimeError, match="no such model"):
+        IsolatedStep(failing_factory)
 
 def test_model_skips_only_unused_work():
     """With positions, logits and every gradient equal the full model's at those positions."""
