@@ -24,6 +24,7 @@ import shutil
 import signal
 import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -41,6 +42,7 @@ MIN_READ_VERSION = 1  # read-only opens accept these older schemas (the differen
 STATUSES = ("queued", "running", "completed", "failed", "stopped", "crashed")
 ACTIVE = ("queued", "running")
 HEARTBEAT_TIMEOUT_S = 120.0  # a run on another host that has not beaten for this long reads as crashed
+HEARTBEAT_EVERY_S = 20.0  # how often a training process beats, whatever its steps are doing
 BUSY_TIMEOUT_MS = 30_000
 
 migrations = Migrations("mlmlab")
@@ -541,6 +543,14 @@ class Store:
 
     # --- metrics, samples, checkpoints --------------------------------------------------------
 
+    def beat(self, run_id: int, pid: int) -> None:
+        """Refresh an active run's heartbeat, if it still belongs to process `pid` on this host."""
+        with self._write():
+            self.db.execute(
+                f"update runs set heartbeat_at = ? where id = ? and pid = ? and host = ? and status in ({_ACTIVE_SQL})",
+                [time.time(), run_id, pid, this_host()],
+            )
+
     def add_metrics(self, rows: list[dict[str, Any]], heartbeat: dict[str, Any] | None = None) -> None:
         """Insert a batch of metric rows (and beat the heart) in one transaction.
 
@@ -735,3 +745,45 @@ def _describe(exc: BaseException, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> str
     if "disk I/O error" in text:
         return "disk I/O error (was the file deleted, or the disk removed or full?)"
     return " ".join(text.split())
+
+
+_ACTIVE_SQL = ", ".join(f"'{status}'" for status in ACTIVE)
+
+
+class Heartbeat:
+    """Beats for a training process from a thread of its own, every HEARTBEAT_EVERY_S seconds.
+
+    Metric flushes beat too, but only at log steps: a first step that compiles for minutes, slow
+    steps with a large `log_every`, or a long evaluation would otherwise leave a gap longer than
+    HEARTBEAT_TIMEOUT_S, and readers on another host would call a live run crashed. The thread
+    opens its own connection (a connection must not cross threads) and gives up quietly when the
+    database fails: the training thread's own writes report that.
+    """
+
+    def __init__(self, path: str | Path, run_id: int, every_s: float = HEARTBEAT_EVERY_S):
+        self.path, self.run_id, self.every_s = Path(path), run_id, every_s
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"mlmlab-heartbeat-{run_id}", daemon=True)
+
+    def start(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def _beat(self) -> None:
+        pid = os.getpid()
+        try:
+            store = Store(self.path, busy_timeout_ms=5_000)
+        except StoreError:
+            return
+        with store:
+            while not self._stopped.wait(self.every_s):
+                try:
+                    store.check_same_file()
+                    store.beat(self.run_id, pid)
+                except StoreError:
+                    return

@@ -24,9 +24,9 @@ from mlmlab.config import ExperimentConfig
 from mlmlab.data import WindowSampler, load_corpus, split_text
 from mlmlab.devices import memory_mb, resolve_device, resolve_precision
 from mlmlab.errors import CheckpointError, MlmlabError, StoreError
-from mlmlab.masking import KIND_KEEP, KIND_MASK, KIND_RANDOM, mask_tokens, n_chosen_for, realised_split
+from mlmlab.masking import KIND_KEEP, KIND_MASK, KIND_RANDOM, SPLIT_NAMES, mask_tokens, n_chosen_for, split_vector
 from mlmlab.model import MaskedLM, ModelArgs
-from mlmlab.store import Store
+from mlmlab.store import Heartbeat, Store
 from mlmlab.tokenizer import PAD_ID, CharTokenizer, build_tokenizer
 
 EVAL_SEED = 1234  # fixed: held-out windows and masks are identical across runs and checkpoints
@@ -139,7 +139,7 @@ class StepOutput:
     correct: torch.Tensor
     n_chosen: int
     grad_norm: torch.Tensor
-    split: dict[str, torch.Tensor]
+    split: torch.Tensor | None  # masking.split_vector, or None when not measured
 
 
 class StepRunner:
@@ -189,14 +189,15 @@ class StepRunner:
             grad_norm = _grad_norm(self.model)
         if cfg.train.skip_nonfinite and not torch.isfinite(loss):
             self.optimizer.zero_grad(set_to_none=True)
-            return StepOutput(loss.detach(), torch.zeros((), device=ids.device), n_chosen, grad_norm, {})
+            return StepOutput(loss.detach(), torch.zeros((), device=ids.device), n_chosen, grad_norm, None)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if not self.metrics:
-            return StepOutput(loss.detach(), loss.new_zeros(()), n_chosen, grad_norm, {})
+            return StepOutput(loss.detach(), loss.new_zeros(()), n_chosen, grad_norm, None)
         targets = ids.reshape(-1)[batch.positions]
-        correct = (logits.detach().argmax(-1) == targets).sum()
-        return StepOutput(loss.detach(), correct, n_chosen, grad_norm, realised_split(batch, ids))
+        # max().indices: the same as argmax, three times faster on small bf16 CPU tensors (measured).
+        correct = (logits.detach().max(-1).indices == targets).sum()
+        return StepOutput(loss.detach(), correct, n_chosen, grad_norm, split_vector(batch, ids))
 
     def _forward(self, batch):
         if self.compiled and self.device.type == "cuda":
@@ -227,8 +228,9 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def _grad_norm(model: torch.nn.Module) -> torch.Tensor:
-    grads = [p.grad.detach().float().norm() for p in model.parameters() if p.grad is not None]
-    return torch.stack(grads).norm() if grads else torch.zeros(())
+    """The global gradient norm when nothing clips: one foreach kernel, not one norm per tensor."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
 
 
 COMPILE_PAYS_MINUTES = 10.0  # CPU compilation takes 30-60 s on 2 cores; it pays only on longer runs
@@ -378,6 +380,7 @@ class Trainer:
         self._last_good_ckpt: int | None = None
         self._last_log_step = 0
         self._saved_handlers: dict[int, Any] = {}
+        self._heartbeat: Heartbeat | None = None
         # What this process wrote, reported when it ends (so a test, or a person, can check the
         # database holds exactly that).
         self.rows_logged = self.samples_logged = self.checkpoints_written = 0
@@ -407,6 +410,7 @@ class Trainer:
         evalset = build_eval_set(self.data.valid_ids, cfg, tok.vocab_size, no_mask_ids, self.device) if self.rank == 0 else None
         if self.store:
             self.store.start_run(self.run_id, device=str(self.device), precision=self.precision, n_params=model.n_params())
+            self._heartbeat = Heartbeat(self.store.path, self.run_id).start()
         self._install_signal_handlers()
         self.reporter.start(cfg.train.steps, progress.step)
         model.train()
@@ -436,6 +440,8 @@ class Trainer:
     def _finish(self, status: str, error: str | None = None) -> None:
         """Record the final status; pending metrics are written first. Best effort: if the database
         cannot take it, the run's row keeps `running` with a dead pid, which reads as crashed."""
+        if self._heartbeat:
+            self._heartbeat.stop()
         if self.store:
             try:
                 self.flush(self._progress, force=True)
@@ -700,7 +706,7 @@ class _Window:
         self.loss = torch.zeros((), device=self.device)
         self.correct = torch.zeros((), device=self.device)
         self.grad = torch.zeros((), device=self.device)
-        self.split: dict[str, torch.Tensor] = {}
+        self.split: torch.Tensor | None = None  # summed split_vector of the steps that measured it
         self.steps = self.chosen = self.tokens = 0
         self.started = time.perf_counter()
         self.excluded = 0.0  # seconds spent on evaluation and checkpoints inside this window
@@ -714,8 +720,8 @@ class _Window:
         self.loss += torch.where(finite, out.loss, 0.0) if self.skip_nonfinite else out.loss
         self.correct += out.correct
         self.grad += out.grad_norm.float()
-        for key, value in out.split.items():
-            self.split[key] = self.split.get(key, 0) + value
+        if out.split is not None:
+            self.split = out.split if self.split is None else self.split + out.split
         self.steps += 1
         self.chosen += out.n_chosen or 0
         self.tokens += tokens
@@ -736,8 +742,9 @@ class _Window:
             "grad_norm": float(self.grad) / self.steps,
             "tokens_per_s": self.tokens / seconds,
             "step_ms": 1000 * seconds / self.steps,
-            **{k: float(v) / max(self.steps - n_bad, 1) for k, v in self.split.items()},
         }
+        if self.split is not None:
+            stats.update(zip(SPLIT_NAMES, (self.split / max(self.steps - n_bad, 1)).tolist()))
         if self.skip_nonfinite:
             stats["skipped_steps"] = float(n_bad)
         elif n_bad:

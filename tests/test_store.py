@@ -7,7 +7,7 @@ import time
 import pytest
 
 from mlmlab.errors import StoreError
-from mlmlab.store import SCHEMA_VERSION, Store, effective_status
+from mlmlab.store import SCHEMA_VERSION, Heartbeat, Store, effective_status
 
 
 def make_run(store, **fields):
@@ -69,6 +69,26 @@ def test_live_run_stays_running_until_heartbeat_times_out(db_path):
         assert effective_status(store.run(run_id)) == "crashed"
         assert store.db.execute("select status from run_summary").fetchone()[0] == "crashed"
 
+
+
+def test_heartbeat_thread_beats_while_the_run_is_active_and_stops(db_path):
+    # A first step that compiles for minutes must not read as crashed on another host.
+    with Store(db_path) as store:
+        run_id = make_run(store, status="running", heartbeat_at=1.0)
+        other = make_run(store, status="running", heartbeat_at=1.0, pid=os.getpid() + 1)  # not this process's
+        heartbeat = Heartbeat(db_path, run_id, every_s=0.05).start()
+        try:
+            deadline = time.time() + 10
+            while store.run(run_id)["heartbeat_at"] < time.time() - 5 and time.time() < deadline:
+                time.sleep(0.05)
+            assert store.run(run_id)["heartbeat_at"] > time.time() - 5
+            store.update_run(run_id, status="completed", heartbeat_at=2.0)
+            time.sleep(0.3)
+            assert store.run(run_id)["heartbeat_at"] == 2.0  # a finished run is never touched
+        finally:
+            heartbeat.stop()
+        assert not heartbeat._thread.is_alive()
+        assert store.run(other)["heartbeat_at"] == 1.0
 
 def test_series_downsampling_keeps_extremes_and_last(db_path):
     with Store(db_path) as store:
