@@ -300,7 +300,7 @@ def logging_overhead(device: torch.device, args) -> dict:
 
 def in_step_metrics_ms(setup, cfg, device, reps: int) -> list[float]:
     """What the metric pipeline adds inside a step: the accuracy count and the masking split."""
-    from mlmlab.masking import realised_split
+    from mlmlab.masking import split_vector
 
     runner = setup.runner
     ids = runner.sampler.batch(cfg.train.batch_size, cfg.train.seq_len)
@@ -311,7 +311,7 @@ def in_step_metrics_ms(setup, cfg, device, reps: int) -> list[float]:
 
     def metrics():
         targets = ids.reshape(-1)[batch.positions]
-        return (logits.argmax(-1) == targets).sum(), realised_split(batch, ids)
+        return (logits.max(-1).indices == targets).sum(), split_vector(batch, ids)  # as StepRunner.step
 
     return interleaved_ms({"metrics": metrics}, reps, sync_for(device))["metrics"]
 
