@@ -120,6 +120,10 @@ def sdpa_under_cpu_bf16(setup) -> None:
     setup.runner.step = step_with_sdpa
 
 
+def fp32_residual(setup) -> None:
+    model_module.BF16_RESIDUAL = False  # a module-wide switch: safe, this variant has its process to itself
+
+
 def foreach_adamw(setup) -> None:
     opt = setup.runner.optimizer
     groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in opt.param_groups]
@@ -147,6 +151,7 @@ ITEMS = {
     "fused_qkv": ("one fused QKV projection", "separate Q, K, V projections", on_model(split_qkv)),
     "no_bias": ("no bias in the attention projections", "biases there too", on_model(biases_everywhere)),
     "bf16": ("bf16 autocast (auto on CPUs with AVX-512 BF16 or AMX, and CUDA)", "fp32", {"precision": "fp32"}),
+    "bf16_residual": ("bf16 residual stream under bf16 autocast", "fp32 residual stream", fp32_residual),
     "cpu_bf16_attention": ("attention written out under CPU bf16", "SDPA under CPU bf16", sdpa_under_cpu_bf16),
     "fused_adamw": ("fused AdamW", "foreach AdamW", foreach_adamw),
     "no_sync": ("no host sync in the step", ".item() every step", sync_every_step),

@@ -241,8 +241,8 @@ def compile_decision(cfg: ExperimentConfig, device: torch.device) -> bool:
 
     `auto`: always on CUDA. On a CPU, only for runs planned to last at least COMPILE_PAYS_MINUTES
     (`train.max_minutes`, or no time limit and at least 5000 steps): compiling takes 30-60 s on a
-    2-core CPU and gains 10-20% per step (measured; see experiments/README-performance.md), so a
-    2-minute run would lose by it. Never on MPS.
+    2-core CPU (seconds once cached) and gains 4-21% per step, most at small sequence lengths
+    (measured; see experiments/README-performance.md), so a 2-minute run would lose by it. Never on MPS.
     """
     mode, t = cfg.train.compile, cfg.train
     if mode != "auto":
