@@ -18,7 +18,8 @@ config at these sizes (dropout 0.1, GELU, post-LN) and the recipe of the issue's
 measurement: Adam(W) with the Noam schedule (lr 1 · d_model^-0.5 · min(n^-0.5, n · 4000^-1.5)).
 `--hf-lr` and `--hf-schedule cosine` give it a time-annealed cosine instead.
 
-The two take turns in chunks of `--chunk` seconds in one process, each until it has trained for
+Each trains in a process of its own (mlmlab.bench.IsolatedStep: in one process, the two slowed each
+other down) and they take turns in chunks of `--chunk` seconds, each until it has trained for
 `--seconds` of its own wall time, so a shared machine's load hits both alike. Evaluation is not
 counted for either.
 """
@@ -35,7 +36,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from mlmlab.bench import ForeignLoad, build_setup
+from mlmlab.bench import ForeignLoad, IsolatedStep, build_setup
 from mlmlab.config import load_config
 from mlmlab.data import WindowSampler
 from mlmlab.devices import resolve_device, resolve_precision
@@ -59,7 +60,13 @@ class Contender:
         self.tokens = 0
         self.foreign: list[float] = []
 
-    def train_for(self, seconds: float, load: ForeignLoad) -> None:
+    def __call__(self) -> None:
+        """One step (the speed trial runs contenders step by step)."""
+        self.step()
+
+    def train_for(self, seconds: float) -> dict:
+        """Train for `seconds` of wall time; return the totals so far."""
+        load = ForeignLoad()
         started = load.start()
         start = time.perf_counter()
         end = start + seconds
@@ -70,8 +77,19 @@ class Contender:
         share = load.share(started)
         if share is not None:
             self.foreign.append(share)
+        return {"seconds": self.seconds, "steps": self.steps, "tokens": self.tokens}
+
+    def held_out(self) -> dict:
+        """Loss and accuracy on the shared fixed-mask held-out batches, and the training totals."""
+        figures = self.evaluate(self.evalset, self.device)
+        return {**figures, "steps": self.steps, "tokens": self.tokens, "seconds": round(self.seconds, 1),
+                "tokens_per_s": self.tokens / max(self.seconds, 1e-9),
+                "others_cpu_share": sum(self.foreign) / len(self.foreign) if self.foreign else None}
 
     def step(self) -> int:
+        raise NotImplementedError
+
+    def setting(self) -> str:
         raise NotImplementedError
 
 
@@ -85,6 +103,7 @@ class Mlmlab(Contender):
         self.precision = resolve_precision(cfg.train.precision, device)
         self.setup = build_setup(cfg, device, self.precision, data.train_ids, data.tokenizer.vocab_size)
         self.model = self.setup.runner.model
+        self.device = device
 
     def step(self) -> int:
         from mlmlab.training import seq_len_at
@@ -103,6 +122,12 @@ class Mlmlab(Contender):
     def evaluate(self, evalset, device) -> dict:
         return evaluate(self.model, evalset, self.precision, device)
 
+    def setting(self) -> str:
+        t = self.cfg.train
+        return (f"{self.precision}, lr {t.lr}, warm-up {t.warmup_steps}, masking {self.cfg.mask.masking_prob}, "
+                f"batch {t.batch_size}x{t.seq_len}"
+                + (f", {t.short_seq_len}-token windows for {t.short_seq_steps} steps" if t.short_seq_len else ""))
+
 
 class HuggingFace(Contender):
     name = "hf"
@@ -118,7 +143,7 @@ class HuggingFace(Contender):
                             max_position_embeddings=m.max_seq_len, pad_token_id=PAD_ID)
         config._attn_implementation = attn
         self.model = BertForMaskedLM(config).to(device).train()
-        self.precision, self.device, self.args, self.cfg = precision, device, args, cfg
+        self.precision, self.device, self.args, self.cfg, self.attn = precision, device, args, cfg, attn
         fused = device.type in ("cpu", "cuda")
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1.0, betas=(0.9, 0.98), eps=1e-9,
                                            weight_decay=0.01, fused=fused or None)
@@ -127,6 +152,10 @@ class HuggingFace(Contender):
         self.vocab = data.tokenizer.vocab_size
         self.B, self.T = t.batch_size, t.seq_len
         self.n_chosen = n_chosen_for(self.B * self.T, 0.15)
+
+    def setting(self) -> str:
+        a = self.args
+        return f"{self.attn} {self.precision}, {a.hf_schedule} lr {a.hf_lr} warm-up {a.hf_warmup}"
 
     def lr(self) -> float:
         a, d = self.args, self.cfg.model.d_model
@@ -168,19 +197,47 @@ class HuggingFace(Contender):
         return {"eval_loss": total / count, "eval_acc": correct / count}
 
 
-def fastest_hf_setting(cfg, data, device, args) -> tuple[str, str, dict]:
+def build_contender(kind: str, args: argparse.Namespace, extra: list[str], name: str = "",
+                    attn: str = "", precision: str = "") -> Contender:
+    """A contender, built inside its own worker process (mlmlab.bench.IsolatedStep).
+
+    Every worker builds the same held-out set from the base config (fixed seed and masks)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    base = load_config(args.config, base_sets(args))
+    data = prepare_data(base)
+    if kind == "mlmlab":
+        contender: Contender = Mlmlab(load_config(args.config, [*base_sets(args), *extra]), data, device, name or "mlmlab")
+    else:
+        contender = HuggingFace(base, data, device, attn, precision, args)
+    # mlmlab's evaluation set: BERT's standard 15 / 10 / 10 whatever rate a recipe trains with.
+    contender.evalset = build_eval_set(data.valid_ids, base, data.tokenizer.vocab_size, None, device)
+    return contender
+
+
+def base_sets(args: argparse.Namespace) -> list[str]:
+    sets = [*args.sets, f"train.max_minutes={args.seconds / 60}", f"train.eval_batches={args.eval_batches}"]
+    return [*sets, f"data.source={args.data}"] if args.data else sets
+
+
+def fastest_hf_setting(args: argparse.Namespace, tokens_per_step: int) -> tuple[str, str, dict]:
     from mlmlab.bench import alternate
 
+    device = resolve_device(args.device)
     settings = [("eager", "bf16"), ("sdpa", "bf16"), ("eager", "fp32"), ("sdpa", "fp32")]
     if device.type == "cpu" and resolve_precision("auto", device) == "fp32":
         settings = [s for s in settings if s[1] == "fp32"]
-    contenders = {f"{a} {p}": HuggingFace(cfg, data, device, a, p, args) for a, p in settings}
-    for c in contenders.values():
-        c.step()
-    trial = alternate({k: c.step for k, c in contenders.items()}, rounds=2, steps=3,
-                      tokens_per_step=cfg.train.batch_size * cfg.train.seq_len)
+    workers = {f"{a} {p}": IsolatedStep(build_contender, "hf", args, [], "", a, p) for a, p in settings}
+    try:
+        for worker in workers.values():
+            worker.run(1)
+        trial = alternate(workers, rounds=2, steps=3, tokens_per_step=tokens_per_step)
+    finally:
+        for worker in workers.values():
+            worker.close()
     rounds, _ = trial.rounds_used(min_clean=1)
-    medians = {k: trial.median(k, rounds) for k in contenders}
+    medians = {k: trial.median(k, rounds) for k in workers}
     best = max(medians, key=medians.get)
     attn, precision = best.split()
     return attn, precision, medians
@@ -211,45 +268,42 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    sets = [*args.sets, f"train.max_minutes={args.seconds / 60}", f"train.eval_batches={args.eval_batches}"]
-    if args.data:
-        sets.append(f"data.source={args.data}")
-    cfg = load_config(args.config, sets)
-    data = prepare_data(cfg)
-    # mlmlab's evaluation set: BERT's standard 15 / 10 / 10 whatever rate a recipe trains with.
+    cfg = load_config(args.config, base_sets(args))
+    data = prepare_data(cfg)  # once here, so the workers find the corpus cached
     evalset = build_eval_set(data.valid_ids, cfg, data.tokenizer.vocab_size, None, device)
 
-    contenders: list[Contender] = []
+    workers: dict[str, IsolatedStep] = {}
     report: dict = {"seconds": args.seconds, "config": cfg.to_dict(), "threads": torch.get_num_threads(),
                     "device": str(device), "torch": torch.__version__}
-    if args.only != "hf":
-        contenders.append(Mlmlab(cfg, data, device))
-    if args.against:
-        contenders.append(Mlmlab(load_config(args.config, [*sets, *args.against]), data, device, "mlmlab+against"))
-        report["against"] = args.against
-    elif args.only != "mlmlab":
-        if args.hf_setting:
-            attn, precision = args.hf_setting.split()
-        else:
-            attn, precision, trial = fastest_hf_setting(cfg, data, device, args)
-            report["hf_trial_tokens_per_s"] = trial
-            log("HF speed trial: " + ", ".join(f"{k} {v:,.0f} tokens/s" for k, v in trial.items()))
-        contenders.append(HuggingFace(cfg, data, device, attn, precision, args))
-        report["hf_setting"] = f"{attn} {precision}, {args.hf_schedule} lr {args.hf_lr} warm-up {args.hf_warmup}"
-
-    load = ForeignLoad()
-    while any(c.seconds < args.seconds for c in contenders):
-        for c in contenders:
-            if c.seconds < args.seconds:
-                c.train_for(min(args.chunk, args.seconds - c.seconds), load)
-        log(" | ".join(f"{c.name} {c.seconds:5.0f} s, step {c.steps}" for c in contenders))
-
-    results = {}
-    for c in contenders:
-        figures = c.evaluate(evalset, device)
-        results[c.name] = {**figures, "steps": c.steps, "tokens": c.tokens, "seconds": round(c.seconds, 1),
-                           "tokens_per_s": c.tokens / c.seconds,
-                           "others_cpu_share": sum(c.foreign) / len(c.foreign) if c.foreign else None}
+    try:
+        if args.only != "hf":
+            workers["mlmlab"] = IsolatedStep(build_contender, "mlmlab", args, [])
+        if args.against:
+            workers["mlmlab+against"] = IsolatedStep(build_contender, "mlmlab", args, args.against, "mlmlab+against")
+            report["against"] = args.against
+        elif args.only != "mlmlab":
+            if args.hf_setting:
+                attn, precision = args.hf_setting.split()
+            else:
+                attn, precision, trial = fastest_hf_setting(args, cfg.train.batch_size * cfg.train.seq_len)
+                report["hf_trial_tokens_per_s"] = trial
+                log("HF speed trial: " + ", ".join(f"{k} {v:,.0f} tokens/s" for k, v in trial.items()))
+            workers["hf"] = IsolatedStep(build_contender, "hf", args, [], "", attn, precision)
+        settings = {name: w.call("setting") for name, w in workers.items()}
+        if "hf" in settings:
+            report["hf_setting"] = settings["hf"]
+        trained = {name: 0.0 for name in workers}
+        while any(seconds < args.seconds for seconds in trained.values()):
+            for name, worker in workers.items():
+                if trained[name] < args.seconds:
+                    totals = worker.call("train_for", min(args.chunk, args.seconds - trained[name]))
+                    trained[name] = totals["seconds"]
+                    steps = totals["steps"]
+            log(" | ".join(f"{name} {trained[name]:5.0f} s" for name in workers) + f" (last: step {steps})")
+        results = {name: worker.call("held_out") for name, worker in workers.items()}
+    finally:
+        for worker in workers.values():
+            worker.close()
     report["results"] = results
     n_masked = sum(int((labels != IGNORE).sum()) for _, _, labels in evalset.batches)
     print(f"\nTime to accuracy: {args.seconds:.0f} s of training each, held-out masked accuracy on "
@@ -257,13 +311,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{torch.get_num_threads()} threads\n")
     print("| model | setting | steps | tokens/s | eval loss | eval accuracy |")
     print("|---|---|---|---|---|---|")
-    for c in contenders:
-        r = results[c.name]
-        setting = report.get("hf_setting", "") if c.name == "hf" else (
-            f"{c.precision}, lr {c.cfg.train.lr}, warm-up {c.cfg.train.warmup_steps}, masking {c.cfg.mask.masking_prob}, "
-            f"batch {c.cfg.train.batch_size}x{c.cfg.train.seq_len}"
-            + (f", {c.cfg.train.short_seq_len}-token windows for {c.cfg.train.short_seq_steps} steps" if c.cfg.train.short_seq_len else ""))
-        print(f"| {c.name} | {setting} | {r['steps']:,} | {r['tokens_per_s']:,.0f} | {r['eval_loss']:.3f} | {r['eval_acc']:.1%} |")
+    for name, r in results.items():
+        print(f"| {name} | {settings[name]} | {r['steps']:,} | {r['tokens_per_s']:,.0f} | {r['eval_loss']:.3f} | {r['eval_acc']:.1%} |")
     if "hf" in results and "mlmlab" in results:
         ratio = results["mlmlab"]["eval_acc"] / results["hf"]["eval_acc"]
         report["accuracy_ratio"] = ratio

@@ -359,7 +359,8 @@ class IsolatedStep:
     have run, Hugging Face's eager step ran 25% slower in the same process on a 2-core CPU (and
     ours slower beside it), so in-process alternation measured the neighbour, not the contender.
     Each contender therefore gets a process of its own; `alternate` wakes one at a time over a
-    pipe. `factory` must be importable by name (a module-level function).
+    pipe. `factory` must be importable by name (a module-level function). It returns the step: a
+    callable, which may also have methods for `call` (a trainer's `evaluate`, say).
     """
 
     def __init__(self, factory: Callable[..., Callable[[], object]], *args: object):
@@ -376,16 +377,22 @@ class IsolatedStep:
 
     def run(self, steps: int) -> None:
         """Run `steps` steps in the worker and wait for them (synchronised on CUDA)."""
-        self._conn.send(steps)
+        self._conn.send(("run", steps))
         self._reply()
 
-    def _reply(self) -> None:
+    def call(self, method: str, *args: object) -> object:
+        """Call a method of the worker's step object and return its (picklable) result."""
+        self._conn.send(("call", method, args))
+        return self._reply()
+
+    def _reply(self) -> object:
         try:
             status, detail = self._conn.recv()
         except EOFError:
             raise RuntimeError(f"benchmark worker {self.pid} died (exit code {self._process.exitcode})") from None
         if status == "error":
             raise RuntimeError(f"benchmark worker {self.pid} failed:\n{detail}")
+        return detail
 
     def close(self) -> None:
         if self._process.is_alive():
@@ -400,11 +407,15 @@ def _serve_steps(conn, factory: Callable[..., Callable[[], object]], args: tuple
     try:
         step = factory(*args)
         conn.send(("ready", None))
-        while (steps := conn.recv()) is not None:
-            for _ in range(steps):
-                step()
+        while (request := conn.recv()) is not None:
+            result = None
+            if request[0] == "run":
+                for _ in range(request[1]):
+                    step()
+            else:
+                result = getattr(step, request[1])(*request[2])
             if torch.cuda.is_initialized():
                 torch.cuda.synchronize()
-            conn.send(("done", None))
+            conn.send(("done", result))
     except BaseException:  # noqa: BLE001 - reported to the parent, which raises it
         conn.send(("error", traceback.format_exc()))

@@ -74,6 +74,19 @@ def appending_step(path: str):
     return step
 
 
+class CountingStep:
+    """A step with a method the parent can call."""
+
+    def __init__(self):
+        self.count = 0
+
+    def __call__(self):
+        self.count += 1
+
+    def total(self, plus: int) -> int:
+        return self.count + plus
+
+
 def failing_factory():
     raise ValueError("no such model")
 
@@ -90,6 +103,17 @@ def test_isolated_step_runs_in_a_process_of_its_own(tmp_path):
     pids = calls.read_text().split()
     assert len(pids) == 3 + 1 + 2 * 2
     assert set(pids) == {str(step.pid)} and step.pid != os.getpid()
+
+
+def test_isolated_step_answers_calls_to_its_step_object():
+    step = IsolatedStep(CountingStep)
+    try:
+        step.run(3)
+        assert step.call("total", 10) == 13
+        with pytest.raises(RuntimeError, match="AttributeError"):
+            step.call("no_such_method")
+    finally:
+        step.close()
 
 
 def test_isolated_step_reports_a_failed_build():
