@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--checkpoint", type=int, metavar="STEP", help="the checkpoint at this step (default: the latest)")
     predict.add_argument("--iterative", action="store_true",
                          help="fill one position per pass, most confident first, re-predicting after each fill")
+    predict.add_argument("--compare", metavar="[RUN][@STEP]",
+                         help="predict the same sentence with a second checkpoint and mark where they disagree: "
+                              "@STEP (this run at STEP), RUN (its latest) or RUN@STEP")
     predict.add_argument("--json", action="store_true", help="print one JSON object for scripts")
     add_db(predict)
     predict.set_defaults(func=cmd_predict)
@@ -201,19 +204,44 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from mlmlab.notation import parse
-    from mlmlab.prediction import FILL_ALL, FILL_ITERATIVE, PredictorCache, load_predictor, use_prediction_threads
+    from mlmlab.prediction import (FILL_ALL, FILL_ITERATIVE, PredictorCache, disagreements, load_predictor,
+                                   use_prediction_threads)
 
     if args.top_k < 1:
         raise MlmlabError(f"--top-k must be at least 1, not {args.top_k}")
     masked = parse(args.text)  # before loading anything: a typo should not wait for torch
+    other = parse_compare(args.compare, args.run) if args.compare is not None else None
     use_prediction_threads()
-    ref, predictor = load_predictor(db_path(args), args.run, args.checkpoint, PredictorCache(size=1))
-    result = predictor.predict(masked, args.top_k, FILL_ITERATIVE if args.iterative else FILL_ALL)
+    mode = FILL_ITERATIVE if args.iterative else FILL_ALL
+    cache = PredictorCache(size=2)
+    ref, predictor = load_predictor(db_path(args), args.run, args.checkpoint, cache)
+    result = predictor.predict(masked, args.top_k, mode)
+    answer = {"run": {"id": ref.run_id, "name": ref.run_name}, **result.to_json()}
+    if other is not None:
+        other_ref, other_predictor = load_predictor(db_path(args), *other, cache)
+        other_result = other_predictor.predict(masked, args.top_k, mode)
+        disagree = disagreements(result, other_result)
+        answer["compare"] = {"run": {"id": other_ref.run_id, "name": other_ref.run_name}, **other_result.to_json()}
+        answer["disagree"] = disagree
     if args.json:
-        print(json.dumps({"run": {"id": ref.run_id, "name": ref.run_name}, **result.to_json()}, indent=2, ensure_ascii=False))
-    else:
-        print(format_prediction(ref.label, result))
+        print(json.dumps(answer, indent=2, ensure_ascii=False))
+        return 0
+    print(format_prediction(ref.label, result))
+    if other is not None:
+        print("\n" + format_prediction(other_ref.label, other_result))
+        where = ", ".join(str(i) for i in disagree) or "nowhere"
+        print(f"\nthey disagree at {len(disagree)} of {len(result.positions)} hidden positions: {where}")
     return 0
+
+
+def parse_compare(spec: str, run: str) -> tuple[str, int | None]:
+    """`--compare`: '@STEP' (the same run), 'RUN' (its latest checkpoint) or 'RUN@STEP'."""
+    name, at, step = spec.rpartition("@") if "@" in spec else (spec, "", "")
+    if at and not step.isdigit():
+        raise MlmlabError(f"--compare {spec!r}: expected @STEP, RUN or RUN@STEP, with STEP a number")
+    if not (name or at):
+        raise MlmlabError("--compare needs @STEP, RUN or RUN@STEP")
+    return (name or run), (int(step) if at else None)
 
 
 def format_prediction(label: str, result) -> str:

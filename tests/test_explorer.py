@@ -194,6 +194,13 @@ async def test_comparison_of_two_checkpoints_side_by_side(trained_run):
             marked = {s.start - line_start for s in content.spans if DISAGREE in str(s.style) and s.start >= line_start
                       and s.start < line_start + len(a.masked)}
             assert marked == set(outcome.disagree)
+        # The panes list the same positions line for line: scrolling one scrolls the other.
+        primary, secondary = screen.query_one("#primary-pane"), screen.query_one("#secondary-pane")
+        assert primary.max_scroll_y > 2
+        primary.scroll_to(y=2, animate=False, immediate=True)
+        await wait_for(pilot, lambda: secondary.scroll_y == 2)
+        secondary.scroll_to(y=0, animate=False, immediate=True)
+        await wait_for(pilot, lambda: primary.scroll_y == 0)
         await settle(app)
 
 

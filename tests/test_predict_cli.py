@@ -50,6 +50,36 @@ def test_checkpoint_flag_picks_a_step(trained_run, capsys):
     assert json.loads(capsys.readouterr().out)["checkpoint"] == first
 
 
+
+def test_compare_two_checkpoints_marks_disagreements(trained_run, capsys):
+    db, run_id = trained_run
+    with Store(db, readonly=True) as store:
+        steps = [r["step"] for r in store.checkpoints(run_id)]
+    argv = ["predict", str(run_id), "the {old} man and the {sea}", "--compare", f"@{steps[0]}", "--db", str(db)]
+    assert main([*argv, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["checkpoint"] == steps[-1] and out["compare"]["checkpoint"] == steps[0]
+    assert out["compare"]["run"] == out["run"]
+    mine = {p["index"]: p["prediction"] for p in out["positions"]}
+    theirs = {p["index"]: p["prediction"] for p in out["compare"]["positions"]}
+    assert out["disagree"] == [i for i in mine if mine[i] != theirs[i]]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert f"@ step {steps[0]}" in text and f"@ step {steps[-1]}" in text
+    assert f"they disagree at {len(out['disagree'])} of 6 hidden positions" in text
+    # A run against itself (its latest checkpoint, by name) agrees everywhere.
+    assert main(["predict", str(run_id), "{a} cat", "--compare", "shared", "--json", "--db", str(db)]) == 0
+    assert json.loads(capsys.readouterr().out)["disagree"] == []
+
+
+def test_compare_rejects_a_bad_reference(trained_run, capsys):
+    db, run_id = trained_run
+    args = ["predict", str(run_id), "{a} cat", "--db", str(db), "--compare"]
+    assert "expected @STEP, RUN or RUN@STEP" in error_line(capsys, [*args, "shared@x"])
+    assert "--compare needs @STEP, RUN or RUN@STEP" in error_line(capsys, [*args, ""])
+    assert "no checkpoint at step 3 (it has: " in error_line(capsys, [*args, "@3"])
+    assert "no run with id or name 'ghost'" in error_line(capsys, [*args, "ghost"])
+
 def error_line(capsys, argv) -> str:
     assert main(argv) == 2
     captured = capsys.readouterr()

@@ -473,9 +473,18 @@ class MaskExplorerScreen(Screen):
         self.query_one("#legend", Static).update(self._legend())
         self.query_one("#secondary-pane").display = False
         self.query_one("#attention-pane").display = False
+        # Side by side, both panes list the same positions line for line: scrolling one scrolls both.
+        primary, secondary = self.query_one("#primary-pane"), self.query_one("#secondary-pane")
+        self.watch(primary, "scroll_y", lambda y: self._follow_scroll(secondary, y), init=False)
+        self.watch(secondary, "scroll_y", lambda y: self._follow_scroll(primary, y), init=False)
         self._load_runs(select=self.initial_run)
         self._parse(self.initial_text)
         self.set_interval(5.0, self._refresh_choices)
+
+    @staticmethod
+    def _follow_scroll(pane, y: float) -> None:
+        if pane.display and abs(pane.scroll_y - y) >= 1:
+            pane.scroll_to(y=y, animate=False, immediate=True)
 
     def on_unmount(self) -> None:
         if self._predictors is not None:
