@@ -1,0 +1,41 @@
+"""The benchmark scripts in experiments/ still run: tiny smoke runs, real worker processes, no timing asserts.
+
+bench_vs_hf.py needs transformers (the `bench` extra, not installed for the tests); its mlmlab side
+is what bench_fastpath.py and bench_time_to_accuracy.py exercise here.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+
+
+def run_script(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(EXPERIMENTS / name), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_bench_fastpath_measures_items_in_worker_processes(tmp_path):
+    out = tmp_path / "fastpath.json"
+    result = run_script("bench_fastpath.py", "--items", "no_sync,bf16_residual", "--rounds", "1", "--steps", "1",
+                        "--json", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert [r["item"] for r in rows] == ["no_sync", "bf16_residual"]
+    assert all(r["tokens_per_s_default"] > 0 and r["tokens_per_s_without"] > 0 for r in rows)
+    assert "| no_sync |" in result.stdout
+
+
+def test_time_to_accuracy_trains_and_scores_in_a_worker(tmp_path, corpus_file):
+    out = tmp_path / "tta.json"
+    result = run_script("bench_time_to_accuracy.py", "--only", "mlmlab", "--seconds", "2", "--chunk", "1",
+                        "--eval-batches", "2", "--data", str(corpus_file), "--set", "model.n_layers=1",
+                        "--set", "train.batch_size=8", "--json", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    figures = report["results"]["mlmlab"]
+    assert figures["steps"] > 0 and 0 <= figures["eval_acc"] <= 1 and figures["seconds"] >= 2
