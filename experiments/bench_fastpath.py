@@ -191,6 +191,9 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
+    unknown = sorted(set(args.items.split(",")) - set(ITEMS))
+    if unknown:
+        p.error(f"unknown item {', '.join(unknown)}: choose from {', '.join(ITEMS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

@@ -40,6 +40,7 @@ from mlmlab.bench import ForeignLoad, IsolatedStep, build_setup
 from mlmlab.config import load_config
 from mlmlab.data import WindowSampler
 from mlmlab.devices import resolve_device, resolve_precision
+from mlmlab.errors import MlmlabError
 from mlmlab.masking import IGNORE, mask_tokens, n_chosen_for
 from mlmlab.tokenizer import PAD_ID
 from mlmlab.training import build_eval_set, evaluate, prepare_data
@@ -263,12 +264,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
+    if args.hf_setting and (len(args.hf_setting.split()) != 2 or args.hf_setting.split()[0] not in ("eager", "sdpa")
+                            or args.hf_setting.split()[1] not in ("fp32", "bf16")):
+        p.error(f"--hf-setting {args.hf_setting!r}: expected 'eager|sdpa fp32|bf16', e.g. 'eager bf16'")
     args.hf_lr = args.hf_lr if args.hf_lr is not None else (1.0 if args.hf_schedule == "noam" else 1e-3)
     args.hf_warmup = args.hf_warmup or (4000 if args.hf_schedule == "noam" else 100)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     cfg = load_config(args.config, base_sets(args))
+    if args.against:
+        load_config(args.config, [*base_sets(args), *args.against])  # a bad override fails here, in one line
     data = prepare_data(cfg)  # once here, so the workers find the corpus cached
     evalset = build_eval_set(data.valid_ids, cfg, data.tokenizer.vocab_size, None, device)
 
@@ -323,4 +329,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except MlmlabError as exc:  # a bad --config, --set or --data: one line, as the CLI gives it
+        print(f"{Path(__file__).name}: error: {exc}", file=sys.stderr)
+        sys.exit(2)

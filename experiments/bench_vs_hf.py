@@ -337,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", type=Path, help="also write every figure to this file")
     args = p.parse_args(argv)
+    unknown = sorted(set(args.configs.split(",")) - set(CONFIGS))
+    if unknown:
+        p.error(f"unknown config {', '.join(unknown)}: choose from {', '.join(CONFIGS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

@@ -39,3 +39,15 @@ def test_time_to_accuracy_trains_and_scores_in_a_worker(tmp_path, corpus_file):
     report = json.loads(out.read_text())
     figures = report["results"]["mlmlab"]
     assert figures["steps"] > 0 and 0 <= figures["eval_acc"] <= 1 and figures["seconds"] >= 2
+
+
+def test_bad_arguments_are_one_line_each(tmp_path):
+    for script, args, expected in [
+        ("bench_fastpath.py", ["--items", "nope"], "unknown item nope"),
+        ("bench_time_to_accuracy.py", ["--set", "train.lr=abc"], "train.lr = 'abc'"),
+        ("bench_time_to_accuracy.py", ["--hf-setting", "fast"], "expected 'eager|sdpa fp32|bf16'"),
+        ("bench_time_to_accuracy.py", ["--against", "model.d_model=7"], "model.d_model = 7"),
+    ]:
+        result = run_script(script, *args, cwd=tmp_path)
+        assert result.returncode == 2, (script, args, result.stderr[-2000:])
+        assert "Traceback" not in result.stderr and expected in result.stderr, result.stderr
