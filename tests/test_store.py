@@ -106,6 +106,25 @@ def test_series_downsampling_keeps_extremes_and_last(db_path):
         assert len(store.metrics(run_id, after_id=4990)) == 10
 
 
+def test_series_downsampling_matches_a_plain_python_reference(db_path):
+    # Each bucket keeps exactly its minimum, its maximum and its last point (distinct values: no ties).
+    import random
+
+    values = random.Random(3).sample(range(100_000), 3000)
+    with Store(db_path) as store:
+        run_id = make_run(store)
+        store.add_metrics([{"run_id": run_id, "step": s, "tokens": s, "elapsed": s, "time": 0.0, "name": "m",
+                            "value": float(v)} for s, v in enumerate(values, start=1)])
+        buckets = 37
+        expected: set[tuple[float, float]] = set()
+        by_bucket: dict[int, list[tuple[int, float]]] = {}
+        for s, v in enumerate(values, start=1):
+            by_bucket.setdefault(int((s - 1) * buckets / (2999 + 1e-12)), []).append((s, float(v)))
+        for points in by_bucket.values():
+            expected |= {min(points, key=lambda p: p[1]), max(points, key=lambda p: p[1]), points[-1]}
+        assert store.series(run_id, "m", buckets=buckets) == sorted(expected)
+
+
 def test_delete_run_removes_rows_and_folder(db_path):
     with Store(db_path) as store:
         run_id = make_run(store, status="completed")
