@@ -374,6 +374,20 @@ async def test_every_screen_renders_at_small_and_large_sizes(two_runs, size):
         assert isinstance(app.screen, RunsScreen)
 
 
+async def test_runs_table_fits_narrow_terminals_and_grows_back(two_runs):
+    db, _ids = two_runs
+    app = build_app(db)
+    async with app.run_test(size=(80, 24)) as pilot:
+        table = runs_screen(app).query_one("#runs", DataTable)
+        await wait_for(pilot, lambda: table.row_count == 2, 10, "rows")
+        keys = lambda: [column.key.value for column in table.columns.values()]  # noqa: E731
+        assert "started" not in keys() and {"id", "name", "status", "progress", "eval_acc"} <= set(keys())
+        await pilot.pause(0.2)
+        assert table.virtual_size.width <= table.size.width  # nothing to scroll sideways to
+        await pilot.resize_terminal(160, 30)
+        await wait_for(pilot, lambda: "started" in keys() and table.row_count == 2, 5, "all columns back")
+        assert "completed" in str(table.get_cell("1", "status")) and "60/60" in str(table.get_cell("1", "progress"))
+
 def test_the_app_does_not_import_torch_at_start(db_path):
     """Build the app and show its first screen in a fresh interpreter; torch must not be loaded."""
     script = f"""

@@ -25,6 +25,23 @@ COLUMNS = [
     ("tok_s", "tok/s", 8), ("duration", "duration", 8), ("device", "device", 6), ("started", "started", 11),
     ("tags", "tags", None),
 ]
+# On a narrow terminal these columns go first, in this order, so the rest fit without scrolling
+# sideways (the run detail still shows all of it).
+DROP_WHEN_NARROW = ["started", "device", "duration", "tags", "train_loss", "tok_s", "eval_loss"]
+GROWING_WIDTH_GUESS = {"name": 10, "tags": 6}
+
+
+def columns_for(width: int) -> list[tuple[str, str, int | None]]:
+    """The COLUMNS that fit `width` cells (each column also takes 2 cells of padding)."""
+    shown = list(COLUMNS)
+    for key in DROP_WHEN_NARROW:
+        needed = sum((w or GROWING_WIDTH_GUESS[k]) + 2 for k, _, w in shown) + 2  # + the scrollbar
+        if needed <= width:
+            break
+        shown = [c for c in shown if c[0] != key]
+    return shown
+
+
 SORTS = ["id", "name", "status", "progress", "eval_loss", "eval_acc", "started"]
 STATUS_FILTERS = {
     "all": None,
@@ -131,6 +148,7 @@ class RunsScreen(LiveScreen):
         self.stamps: dict[int, Stamp] = {}
         self.marked: set[int] = set()
         self.shown: list[int] = []
+        self.columns: list[tuple[str, str, int | None]] = list(COLUMNS)
         self.shown_cells: dict[int, list[Any]] = {}
         self.sort_by, self.sort_reverse = "id", True
         self.status_filter = "all"
@@ -152,12 +170,28 @@ class RunsScreen(LiveScreen):
         yield Footer()
 
     def on_mount(self) -> None:
-        table = self.query_one("#runs", DataTable)
-        for key, label, width in COLUMNS:
-            table.add_column(label, key=key, width=width)
+        self.set_columns(columns_for(self.app.size.width))
         self.update_chrome()
-        table.focus()
+        self.query_one("#runs", DataTable).focus()
         super().on_mount()
+
+    def on_resize(self) -> None:
+        columns = columns_for(self.app.size.width)
+        if columns != self.columns:
+            self.set_columns(columns)
+            self.update_table()
+
+    def set_columns(self, columns: list[tuple[str, str, int | None]]) -> None:
+        table = self.query_one("#runs", DataTable)
+        table.clear(columns=True)
+        for key, label, width in columns:
+            table.add_column(label, key=key, width=width)
+        self.columns = columns
+        self.shown = []  # every row is added again, with the new columns
+
+    def _shown_cells(self, cells: list) -> list:
+        keys = {key for key, _, _ in self.columns}
+        return [cell for (key, _, _), cell in zip(COLUMNS, cells) if key in keys]
 
     # --- reading -----------------------------------------------------------------------------------
 
@@ -202,7 +236,7 @@ class RunsScreen(LiveScreen):
             self.shown_cells = {}
             for run_id in ids:
                 cells = self.rows[run_id].cells(run_id in self.marked, now)
-                table.add_row(*cells, key=str(run_id))
+                table.add_row(*self._shown_cells(cells), key=str(run_id))
                 self.shown_cells[run_id] = cells
             self.shown = ids
             if current in ids:
@@ -211,8 +245,9 @@ class RunsScreen(LiveScreen):
         for run_id in ids:  # same rows in the same order: touch only the cells that changed
             cells = self.rows[run_id].cells(run_id in self.marked, now)
             old = self.shown_cells.get(run_id, [])
+            keys = {key for key, _, _ in self.columns}
             for (key, _, width), new, before in zip(COLUMNS, cells, old):
-                if new != before:
+                if new != before and key in keys:
                     table.update_cell(str(run_id), key, new, update_width=width is None)
             self.shown_cells[run_id] = cells
 
