@@ -83,7 +83,9 @@ class Contender:
     def held_out(self) -> dict:
         """Loss and accuracy on the shared fixed-mask held-out batches, and the training totals."""
         figures = self.evaluate(self.evalset, self.device)
-        return {**figures, "steps": self.steps, "tokens": self.tokens, "seconds": round(self.seconds, 1),
+        masked = sum(int((labels != IGNORE).sum()) for _, _, labels in self.evalset.batches)
+        return {**figures, "eval_batches": len(self.evalset.batches), "masked_tokens": masked,
+                "steps": self.steps, "tokens": self.tokens, "seconds": round(self.seconds, 1),
                 "tokens_per_s": self.tokens / max(self.seconds, 1e-9),
                 "others_cpu_share": sum(self.foreign) / len(self.foreign) if self.foreign else None}
 
@@ -275,8 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config, base_sets(args))
     if args.against:
         load_config(args.config, [*base_sets(args), *args.against])  # a bad override fails here, in one line
-    data = prepare_data(cfg)  # once here, so the workers find the corpus cached
-    evalset = build_eval_set(data.valid_ids, cfg, data.tokenizer.vocab_size, None, device)
+    prepare_data(cfg)  # once here, so the workers find the corpus cached
 
     workers: dict[str, IsolatedStep] = {}
     report: dict = {"seconds": args.seconds, "config": cfg.to_dict(), "threads": torch.get_num_threads(),
@@ -311,9 +312,9 @@ def main(argv: list[str] | None = None) -> int:
         for worker in workers.values():
             worker.close()
     report["results"] = results
-    n_masked = sum(int((labels != IGNORE).sum()) for _, _, labels in evalset.batches)
+    scored = next(iter(results.values()))  # every worker scored the same fixed batches
     print(f"\nTime to accuracy: {args.seconds:.0f} s of training each, held-out masked accuracy on "
-          f"{len(evalset.batches)} fixed batches ({n_masked:,} masked tokens), {device}, "
+          f"{scored['eval_batches']} fixed batches ({scored['masked_tokens']:,} masked tokens), {device}, "
           f"{torch.get_num_threads()} threads\n")
     print("| model | setting | steps | tokens/s | eval loss | eval accuracy |")
     print("|---|---|---|---|---|---|")

@@ -324,7 +324,8 @@ def alternate(variants: dict[str, Callable[[], object]], *, rounds: int, steps: 
 
     On a shared or throttling machine, load drifts; taking turns puts every variant under the same
     drift, so ratios of per-round figures compare like with like, and rounds that other processes
-    disturbed can be set aside (`Alternation.rounds_used`). Each callable runs one step.
+    disturbed can be set aside (`Alternation.rounds_used`). Each callable runs one step; an
+    IsolatedStep runs a round's steps in its worker with one message, and its CPU time counts as ours.
     """
     result = Alternation({name: [] for name in variants}, {name: [] for name in variants})
     load = ForeignLoad(v.pid for v in variants.values() if isinstance(v, IsolatedStep))
@@ -349,7 +350,6 @@ def alternate(variants: dict[str, Callable[[], object]], *, rounds: int, steps: 
                 f"{n} {v[-1]:,.0f}" + (f" (others {result.foreign[n][-1]:.0%})" if result.foreign[n][-1] is not None else "")
                 for n, v in result.tokens_per_s.items()))
     return result
-
 
 
 class IsolatedStep:

@@ -547,8 +547,9 @@ class Store:
         """Refresh an active run's heartbeat, if it still belongs to process `pid` on this host."""
         with self._write():
             self.db.execute(
-                f"update runs set heartbeat_at = ? where id = ? and pid = ? and host = ? and status in ({_ACTIVE_SQL})",
-                [time.time(), run_id, pid, this_host()],
+                "update runs set heartbeat_at = ? where id = ? and pid = ? and host = ?"
+                f" and status in ({','.join('?' * len(ACTIVE))})",
+                [time.time(), run_id, pid, this_host(), *ACTIVE],
             )
 
     def add_metrics(self, rows: list[dict[str, Any]], heartbeat: dict[str, Any] | None = None) -> None:
@@ -747,8 +748,6 @@ def _describe(exc: BaseException, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> str
         return "disk I/O error (was the file deleted, or the disk removed or full?)"
     return " ".join(text.split())
 
-
-_ACTIVE_SQL = ", ".join(f"'{status}'" for status in ACTIVE)
 
 
 class Heartbeat:
