@@ -35,29 +35,25 @@ def log(text: str) -> None:
 
 
 class SplitQKV(nn.Module):
-    """Three projections instead of one fused QKV (the usual layout, e.g. Hugging Face BERT's)."""
+    """Three projections instead of one fused QKV (the usual layout, e.g. Hugging Face BERT's),
+    concatenated into the fused layout that the attention (kernel or written out) reads."""
 
-    def __init__(self, fused: nn.Linear, n_heads: int):
+    def __init__(self, fused: nn.Linear):
         super().__init__()
         C = fused.in_features
-        self.n_heads = n_heads
         self.q, self.k, self.v = (nn.Linear(C, C, bias=False) for _ in range(3))
         with torch.no_grad():
             for i, lin in enumerate((self.q, self.k, self.v)):
                 lin.weight.copy_(fused.weight[i * C:(i + 1) * C])
 
-    def heads(self, x):
-        B, T, C = x.shape
-        return (lin(x).view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for lin in (self.q, self.k, self.v))
+    def forward(self, x):
+        return torch.cat([self.q(x), self.k(x), self.v(x)], dim=-1)
 
 
 def split_qkv(model) -> None:
     for block in model.blocks:
         attn = block.attn
-        split = SplitQKV(attn.qkv, attn.n_heads).to(attn.qkv.weight.device)
-        del attn.qkv
-        attn.split = split
-        attn.split_heads = split.heads
+        attn.qkv = SplitQKV(attn.qkv).to(attn.qkv.weight.device)
 
 
 def biases_everywhere(model) -> None:
@@ -112,6 +108,7 @@ def sdpa_under_cpu_bf16(setup) -> None:
     def step_with_sdpa(*args, **kwargs):
         saved = model_module._cpu_bf16
         model_module._cpu_bf16 = lambda x: False
+        model_module.FUSED_CPU_ATTENTION = False
         try:
             return step(*args, **kwargs)
         finally:
@@ -122,6 +119,10 @@ def sdpa_under_cpu_bf16(setup) -> None:
 
 def fp32_residual(setup) -> None:
     model_module.BF16_RESIDUAL = False  # a module-wide switch: safe, this variant has its process to itself
+
+
+def written_out_attention(setup) -> None:
+    model_module.FUSED_CPU_ATTENTION = False  # module-wide, like fp32_residual
 
 
 def foreach_adamw(setup) -> None:
@@ -148,15 +149,20 @@ ITEMS = {
                   "all of them at every position (as BertForMaskedLM)", on_model(full_head)),
     "last_block": ("last block after attention only at the masked positions", "last block everywhere",
                    on_model(full_last_block)),
-    "fused_qkv": ("one fused QKV projection", "separate Q, K, V projections", on_model(split_qkv)),
+    "fused_qkv": ("one fused QKV projection", "separate Q, K, V projections, concatenated", on_model(split_qkv)),
     "no_bias": ("no bias in the attention projections", "biases there too", on_model(biases_everywhere)),
     "bf16": ("bf16 autocast (auto on CPUs with AVX-512 BF16 or AMX, and CUDA)", "fp32", {"precision": "fp32"}),
     "bf16_residual": ("bf16 residual stream under bf16 autocast", "fp32 residual stream", fp32_residual),
-    "cpu_bf16_attention": ("attention written out under CPU bf16", "SDPA under CPU bf16", sdpa_under_cpu_bf16),
+    "cpu_bf16_attention": ("attention in mlmlab's kernel (or written out) under CPU bf16", "SDPA under CPU bf16",
+                           sdpa_under_cpu_bf16),
+    "fused_cpu_attention": ("attention in mlmlab's fused CPU kernel (bf16, head_dim 16/32)",
+                            "written out: batched matmuls and softmax", written_out_attention),
     "fused_adamw": ("fused AdamW", "foreach AdamW", foreach_adamw),
     "no_sync": ("no host sync in the step", ".item() every step", sync_every_step),
     "compile": ("torch.compile (auto: CUDA, and CPU runs of 10+ minutes)", "eager", {"compile": "off"}),
 }
+# Items measured with torch.compile on in both variants (compiling every variant would take minutes).
+COMPILED = {"compile", "fused_cpu_attention"}
 
 
 def build(c: dict, device: str, precision: str | None = None, compile_mode: str = "off", item: str | None = None,
@@ -201,8 +207,7 @@ def main(argv=None) -> int:
     rows = []
     for name in args.items.split(","):
         what, without, change = ITEMS[name]
-        # Compile stays off except in its own row: compiling every variant would take many minutes.
-        base_compile = "on" if name == "compile" else "off"
+        base_compile = "on" if name in COMPILED else "off"
         precision = resolve_precision("auto", device)
         default = IsolatedStep(build, c, str(device), precision, base_compile, None, args.threads)
         if isinstance(change, dict):
@@ -226,7 +231,7 @@ def main(argv=None) -> int:
         log(f"{name}: {row['speedup']:.2f}x ({row['tokens_per_s_default']:,.0f} vs {row['tokens_per_s_without']:,.0f} tokens/s, "
             f"{row['rounds']} {'clean' if clean else 'disturbed'} rounds)")
     print(f"\nFast path, config {args.config} ({c['batch_size']}x{c['seq_len']}, d{c['d_model']} L{c['n_layers']}); "
-          f"{device}, {torch.get_num_threads()} threads, torch {torch.__version__}; compile off except in its own row\n")
+          f"{device}, {torch.get_num_threads()} threads, torch {torch.__version__}; compile off except in the rows of {', '.join(sorted(COMPILED))}\n")
     print("| item | default | without it | tokens/s with | without | speed-up |")
     print("|---|---|---|---|---|---|")
     for r in rows:

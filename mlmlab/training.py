@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from mlmlab import checkpoints as ckpt
+from mlmlab import cpu_attention
 from mlmlab.config import ExperimentConfig
 from mlmlab.data import WindowSampler, load_corpus, split_text
 from mlmlab.devices import memory_mb, resolve_device, resolve_precision
@@ -161,6 +162,8 @@ class StepRunner:
         self.compiled = self.eager is not None
         self._checked = not self.compiled
         self.vocab_size = model.args.vocab_size
+        # The fused attention kernel is compiled (or loaded from its cache) here, before tracing.
+        self.fused_attention = device.type == "cpu" and precision == "bf16" and cpu_attention.prepare()
         self.on_message: Callable[[str], None] = lambda text: None
         self.metrics = True  # per-step accuracy and masking split; off only to measure their cost
 
@@ -407,6 +410,8 @@ class Trainer:
         runner = StepRunner(model, optimizer, cfg, self.device, self.precision, sampler, mask_gen, no_mask_ids,
                             compiled=train_model if compiled is None else compiled)
         runner.on_message = self.reporter.message
+        if self.device.type == "cpu" and self.precision == "bf16" and not runner.fused_attention:
+            self.reporter.message(f"fused CPU attention unavailable ({cpu_attention.reason()}); using written-out attention")
         evalset = build_eval_set(self.data.valid_ids, cfg, tok.vocab_size, no_mask_ids, self.device) if self.rank == 0 else None
         if self.store:
             self.store.start_run(self.run_id, device=str(self.device), precision=self.precision, n_params=model.n_params())
