@@ -1,4 +1,4 @@
-"""mlmlab against Hugging Face `BertForMaskedLM`, side by side in one process.
+"""mlmlab against Hugging Face `BertForMaskedLM`, side by side, each in a process of its own.
 
     pip install -e ".[bench]"
     python experiments/bench_vs_hf.py                      # all three configs, masking, logging

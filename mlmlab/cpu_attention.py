@@ -8,7 +8,8 @@ the fused QKV projection and writing gradients straight back in its layout. Forw
 per layer, on a 2-core CPU, against the written-out path under torch.compile: 1.4 vs 3.1 ms at
 64×32 with head_dim 16, 6.4 vs 12-14 ms at 32×128, 5.2 vs 8.4 ms at 32×128 with head_dim 32, and
 even at 32×128 with head_dim 64 (12.0 vs 12.3 ms), where whole training steps still ran 1.13×
-faster without the head copies (experiments/README-performance.md).
+faster without the head copies (experiments/README-performance.md). The model calls it only under
+torch.compile: eager steps with it were not faster (see model.py).
 
 The kernel is compiled with torch.compile's own C++ toolchain (inductor's code cache, which also
 caches the library on disk), the first time a model needs it. Where that fails, or the CPU lacks

@@ -97,17 +97,19 @@ def _cpu_bf16(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
-# Under CPU bf16 autocast, attention runs in mlmlab/cpu_attention.cpp where it can (head_dim 16, 32
-# or 64, no padding mask, no attention dropout, a CPU with AVX512-BF16, the kernel compiled by
-# cpu_attention.prepare() before training starts). Whole compiled training steps ran 1.05-1.16× faster
-# at 64×32, 1.38× at 32×128 and 1.13× at d_model 256 than with the written-out path
-# (experiments/README-performance.md).
+# Under CPU bf16 autocast in a model compiled by torch.compile, attention runs in
+# mlmlab/cpu_attention.cpp where it can (head_dim 16, 32 or 64, no padding mask, no attention
+# dropout, a CPU with AVX512-BF16, the kernel compiled by cpu_attention.prepare() before training
+# starts). Whole compiled training steps ran 1.05-1.16× faster at 64×32, 1.38× at 32×128 and 1.13×
+# at d_model 256 than with the written-out path. Eager steps were not faster: 0.88× at the quick
+# preset's 64×64 (1.06× at 64×32), all of it lost around the custom op's eager autograd
+# (experiments/README-performance.md), so eager models keep the written-out path.
 FUSED_CPU_ATTENTION = True
 
 
 def _fused_cpu_attention(qkv: torch.Tensor, head_dim: int) -> bool:
-    return (FUSED_CPU_ATTENTION and qkv.dtype == torch.bfloat16 and qkv.device.type == "cpu"
-            and cpu_attention.supports(qkv.shape[1], head_dim))
+    return (FUSED_CPU_ATTENTION and torch.compiler.is_compiling() and qkv.dtype == torch.bfloat16
+            and qkv.device.type == "cpu" and cpu_attention.supports(qkv.shape[1], head_dim))
 
 
 def _math_attention(q, k, v, attn_mask: torch.Tensor | None, dropout: float) -> torch.Tensor:

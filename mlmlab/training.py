@@ -162,8 +162,9 @@ class StepRunner:
         self.compiled = self.eager is not None
         self._checked = not self.compiled
         self.vocab_size = model.args.vocab_size
-        # The fused attention kernel is compiled (or loaded from its cache) here, before tracing.
-        self.fused_attention = device.type == "cpu" and precision == "bf16" and cpu_attention.prepare()
+        # Compiled CPU bf16 steps use the fused attention kernel: it is built (or loaded from its
+        # cache) here, before torch.compile traces the model.
+        self.fused_attention = self.compiled and device.type == "cpu" and precision == "bf16" and cpu_attention.prepare()
         self.on_message: Callable[[str], None] = lambda text: None
         self.metrics = True  # per-step accuracy and masking split; off only to measure their cost
 
@@ -410,7 +411,7 @@ class Trainer:
         runner = StepRunner(model, optimizer, cfg, self.device, self.precision, sampler, mask_gen, no_mask_ids,
                             compiled=train_model if compiled is None else compiled)
         runner.on_message = self.reporter.message
-        if self.device.type == "cpu" and self.precision == "bf16" and not runner.fused_attention:
+        if runner.compiled and self.device.type == "cpu" and self.precision == "bf16" and not runner.fused_attention:
             self.reporter.message(f"fused CPU attention unavailable ({cpu_attention.reason()}); using written-out attention")
         evalset = build_eval_set(self.data.valid_ids, cfg, tok.vocab_size, no_mask_ids, self.device) if self.rank == 0 else None
         if self.store:

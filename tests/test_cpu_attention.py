@@ -70,14 +70,19 @@ def tiny_model(**overrides) -> MaskedLM:
 
 
 def count_kernel_calls(monkeypatch) -> list[int]:
+    """Counts the kernel's forward runs (inside the custom op, so compiled graphs count too)."""
     calls = []
-    real = cpu_attention.attention
+    lib = cpu_attention._library()
 
-    def spy(qkv, n_heads):
-        calls.append(qkv.shape[1])
-        return real(qkv, n_heads)
+    class Spy:
+        attn_backward = lib.attn_backward if lib is not None else None
 
-    monkeypatch.setattr(cpu_attention, "attention", spy)
+        @staticmethod
+        def attn_forward(*args):
+            calls.append(args[4].value)  # T
+            return lib.attn_forward(*args)
+
+    monkeypatch.setattr(cpu_attention, "_library", lambda: Spy)
     return calls
 
 
@@ -92,6 +97,9 @@ def forward(model, T: int, bf16: bool = True, mask: bool = False):
 def test_the_model_uses_the_kernel_only_where_it_applies(monkeypatch):
     calls = count_kernel_calls(monkeypatch)
     model = tiny_model()
+    forward(model, 32)
+    assert calls == []  # eager: written out (the kernel did not pay there)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # the decision as a compiled model sees it
     forward(model, 32)
     assert calls == [32, 32]  # both layers
     for case in [dict(T=40), dict(T=32, bf16=False), dict(T=32, mask=True)]:
@@ -110,7 +118,7 @@ def test_the_model_uses_the_kernel_only_where_it_applies(monkeypatch):
 
 
 @needs_kernel
-def test_a_compiled_training_step_matches_the_eager_one():
+def test_a_compiled_training_step_uses_the_kernel_and_matches_the_written_out_step(monkeypatch):
     model = tiny_model(n_layers=1)
     ids = torch.randint(3, 40, (4, 32), generator=torch.Generator().manual_seed(1))
     positions = torch.arange(0, 128, 5)
@@ -123,7 +131,9 @@ def test_a_compiled_training_step_matches_the_eager_one():
         return loss.item(), [p.grad.clone() for p in model.parameters()]
 
     eager_loss, eager_grads = loss_and_grads(model)
+    calls = count_kernel_calls(monkeypatch)
     compiled_loss, compiled_grads = loss_and_grads(torch.compile(model, dynamic=False))
+    assert calls == [32]
     assert compiled_loss == pytest.approx(eager_loss, rel=2e-2)
     for a, b in zip(compiled_grads, eager_grads):
         assert rel_err(a, b) < 0.05
@@ -138,8 +148,8 @@ def test_without_the_kernel_the_model_falls_back_and_says_why(monkeypatch, tmp_p
     monkeypatch.setattr(cpu_attention, "_SOURCE", broken)
     assert cpu_attention.prepare() is False
     assert cpu_attention.reason().startswith("compiling cpu_attention.cpp failed")
-    calls = count_kernel_calls(monkeypatch)
-    assert torch.isfinite(forward(tiny_model(), 32)).all() and calls == []
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert torch.isfinite(forward(tiny_model(), 32)).all()  # written out: the kernel would raise, not READY
 
     monkeypatch.setattr(cpu_attention, "_state", {})
     monkeypatch.setattr(cpu_attention, "_cpu_has_avx512_bf16", lambda: False)
