@@ -125,6 +125,10 @@ def written_out_attention(setup) -> None:
     model_module.FUSED_CPU_ATTENTION = False  # module-wide, like fp32_residual
 
 
+def inductor_gelu(setup) -> None:
+    model_module.ATEN_CPU_GELU = False  # module-wide, like fp32_residual
+
+
 def foreach_adamw(setup) -> None:
     opt = setup.runner.optimizer
     groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in opt.param_groups]
@@ -157,12 +161,13 @@ ITEMS = {
                            sdpa_under_cpu_bf16),
     "fused_cpu_attention": ("attention in mlmlab's fused CPU kernel (bf16, head_dim 16/32)",
                             "written out: batched matmuls and softmax", written_out_attention),
+    "aten_gelu": ("under compile on a CPU, ATen's GELU kernel", "inductor's generated GELU", inductor_gelu),
     "fused_adamw": ("fused AdamW", "foreach AdamW", foreach_adamw),
     "no_sync": ("no host sync in the step", ".item() every step", sync_every_step),
     "compile": ("torch.compile (auto: CUDA, and CPU runs of 10+ minutes)", "eager", {"compile": "off"}),
 }
 # Items measured with torch.compile on in both variants (compiling every variant would take minutes).
-COMPILED = {"compile", "fused_cpu_attention"}
+COMPILED = {"compile", "fused_cpu_attention", "aten_gelu"}
 
 
 def build(c: dict, device: str, precision: str | None = None, compile_mode: str = "off", item: str | None = None,

@@ -96,21 +96,36 @@ static inline void row_dots2(const bf16* x0, const bf16* x1, const int32_t* yp, 
   for (; jb + 128 <= T; jb += 128) row_dots_block<8>(x0, x1, yp, T, D, scale, out0, out1, jb);
   for (; jb + 32 <= T; jb += 32) row_dots_block<2>(x0, x1, yp, T, D, scale, out0, out1, jb);
 }
-// For two weight rows w0, w1 of T bf16 (their pairs strided by ws) and rows y paired by pair_rows:
-// r0 = sum_u (w0[2u], w0[2u+1]) . (y[2u], y[2u+1]) over dims [d0, d0 + 16), and r1 likewise.
-static inline void weighted_rows2(const bf16* w0, const bf16* w1, int64_t ws, const bf16* yp, int64_t T, int64_t D,
-                                  int64_t d0, __m512* r0, __m512* r1) {
-  __m512 a[4], c[4];
-  for (int n = 0; n < 4; ++n) a[n] = c[n] = _mm512_setzero_ps();
-  const bf16* y = yp + d0 * 2;
-  for (int64_t u = 0; u < T / 2; u += 4)
-    for (int n = 0; n < 4; ++n) {
-      const __m512i v = _mm512_loadu_si512(y + ((u + n) * D) * 2);
-      a[n] = dp(a[n], v, bcast32(w0 + (u + n) * ws));
-      c[n] = dp(c[n], v, bcast32(w1 + (u + n) * ws));
+// For two weight rows w0, w1 of T bf16 (their pairs strided by ws) and rows y (D = 16 ND dims)
+// paired by pair_rows: r0[n] = sum_u (w0[2u], w0[2u+1]) . (y[2u], y[2u+1]) over dims [16n, 16n + 16),
+// and r1 likewise. One pass over u for all ND blocks, so each weight is broadcast once; NU chains
+// per block keep eight accumulators in flight.
+template <int ND>
+static inline void weighted_rows2(const bf16* w0, const bf16* w1, int64_t ws, const bf16* yp, int64_t T,
+                                  __m512* r0, __m512* r1) {
+  constexpr int NU = ND >= 4 ? 1 : 4 / ND;
+  constexpr int64_t D = 16 * ND;
+  __m512 a[NU][ND], c[NU][ND];
+  for (int k = 0; k < NU; ++k)
+    for (int n = 0; n < ND; ++n) a[k][n] = c[k][n] = _mm512_setzero_ps();
+  for (int64_t u = 0; u < T / 2; u += NU)
+    for (int k = 0; k < NU; ++k) {
+      const __m512i b0 = bcast32(w0 + (u + k) * ws), b1 = bcast32(w1 + (u + k) * ws);
+      const bf16* y = yp + (u + k) * D * 2;
+      for (int n = 0; n < ND; ++n) {
+        const __m512i v = _mm512_loadu_si512(y + 32 * n);
+        a[k][n] = dp(a[k][n], v, b0);
+        c[k][n] = dp(c[k][n], v, b1);
+      }
     }
-  *r0 = _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
-  *r1 = _mm512_add_ps(_mm512_add_ps(c[0], c[1]), _mm512_add_ps(c[2], c[3]));
+  for (int n = 0; n < ND; ++n) {
+    r0[n] = a[0][n];
+    r1[n] = c[0][n];
+    for (int k = 1; k < NU; ++k) {
+      r0[n] = _mm512_add_ps(r0[n], a[k][n]);
+      r1[n] = _mm512_add_ps(r1[n], c[k][n]);
+    }
+  }
 }
 // Row pairs of a T x T bf16 matrix, for column access: dst[(u * T + j) * 2 + e] = m[(2u + e) * T + j]
 static inline void pair_matrix_rows(const bf16* m, int64_t T, bf16* dst) { pair_rows(m, T, T, T, dst); }
@@ -131,7 +146,9 @@ static inline void softmax_row(float* s, int64_t T, bf16* prow) {
 }
 
 // out (B, T, H, D) and the attention probabilities probs (B, H, T, T), kept for the backward pass.
-extern "C" void attn_forward(const bf16* qkv, bf16* out, bf16* probs, int64_t B, int64_t T, int64_t H, int64_t D) {
+template <int ND>
+static void forward(const bf16* qkv, bf16* out, bf16* probs, int64_t B, int64_t T, int64_t H) {
+  constexpr int64_t D = 16 * ND;
   const int64_t C = H * D, row = 3 * C;
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   #pragma omp parallel
@@ -151,11 +168,11 @@ extern "C" void attn_forward(const bf16* qkv, bf16* out, bf16* probs, int64_t B,
         softmax_row(s0.data(), T, p0);
         softmax_row(s1.data(), T, p0 + T);
         bf16* o = out + (b * T + i) * C + h * D;
-        for (int64_t d0 = 0; d0 < D; d0 += 16) {
-          __m512 r0, r1;
-          weighted_rows2(p0, p0 + T, 2, vp.data(), T, D, d0, &r0, &r1);
-          f32_to_bf16x16(o + d0, r0);
-          f32_to_bf16x16(o + C + d0, r1);
+        __m512 r0[ND], r1[ND];
+        weighted_rows2<ND>(p0, p0 + T, 2, vp.data(), T, r0, r1);
+        for (int n = 0; n < ND; ++n) {
+          f32_to_bf16x16(o + 16 * n, r0[n]);
+          f32_to_bf16x16(o + C + 16 * n, r1[n]);
         }
       }
     }
@@ -172,8 +189,10 @@ static inline void ds_row(const bf16* dout_i, const bf16* out_i, int64_t D, cons
     f32_to_bf16x16(ds_i + j, _mm512_mul_ps(bf16x16_to_f32(p_i + j), _mm512_sub_ps(_mm512_loadu_ps(dp_i + j), delta)));
 }
 
-extern "C" void attn_backward(const bf16* dout, const bf16* qkv, const bf16* out, const bf16* probs, bf16* dqkv,
-                              int64_t B, int64_t T, int64_t H, int64_t D) {
+template <int ND>
+static void backward(const bf16* dout, const bf16* qkv, const bf16* out, const bf16* probs, bf16* dqkv,
+                     int64_t B, int64_t T, int64_t H) {
+  constexpr int64_t D = 16 * ND;
   const int64_t C = H * D, row = 3 * C;
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   const __m512 vscale = _mm512_set1_ps(scale);
@@ -198,26 +217,45 @@ extern "C" void attn_backward(const bf16* dout, const bf16* qkv, const bf16* out
         row_dots2(dob + i * C, dob + (i + 1) * C, vd.data(), T, D, 1.0f, dp0.data(), dp1.data());
         ds_row(dob + i * C, ob + i * C, D, dp0.data(), P + i * T, T, ds.data() + i * T);
         ds_row(dob + (i + 1) * C, ob + (i + 1) * C, D, dp1.data(), P + (i + 1) * T, T, ds.data() + (i + 1) * T);
-        for (int64_t d0 = 0; d0 < D; d0 += 16) {   // dQ_i = scale * sum_j dS_ij K_j
-          __m512 r0, r1;
-          weighted_rows2(ds.data() + i * T, ds.data() + (i + 1) * T, 2, kj.data(), T, D, d0, &r0, &r1);
-          f32_to_bf16x16(gbase + i * row + d0, _mm512_mul_ps(r0, vscale));
-          f32_to_bf16x16(gbase + (i + 1) * row + d0, _mm512_mul_ps(r1, vscale));
+        __m512 r0[ND], r1[ND];   // dQ_i = scale * sum_j dS_ij K_j
+        weighted_rows2<ND>(ds.data() + i * T, ds.data() + (i + 1) * T, 2, kj.data(), T, r0, r1);
+        for (int n = 0; n < ND; ++n) {
+          f32_to_bf16x16(gbase + i * row + 16 * n, _mm512_mul_ps(r0[n], vscale));
+          f32_to_bf16x16(gbase + (i + 1) * row + 16 * n, _mm512_mul_ps(r1[n], vscale));
         }
       }
       pair_matrix_rows(ds.data(), T, dsp.data());
       pair_matrix_rows(P, T, pp.data());
-      for (int64_t j = 0; j < T; j += 2)   // dK_j = scale * sum_i dS_ij Q_i ; dV_j = sum_i P_ij dO_i
-        for (int64_t d0 = 0; d0 < D; d0 += 16) {
-          __m512 r0, r1;
-          weighted_rows2(dsp.data() + 2 * j, dsp.data() + 2 * (j + 1), 2 * T, qi.data(), T, D, d0, &r0, &r1);
-          f32_to_bf16x16(gbase + j * row + C + d0, _mm512_mul_ps(r0, vscale));
-          f32_to_bf16x16(gbase + (j + 1) * row + C + d0, _mm512_mul_ps(r1, vscale));
-          weighted_rows2(pp.data() + 2 * j, pp.data() + 2 * (j + 1), 2 * T, doi.data(), T, D, d0, &r0, &r1);
-          f32_to_bf16x16(gbase + j * row + 2 * C + d0, r0);
-          f32_to_bf16x16(gbase + (j + 1) * row + 2 * C + d0, r1);
+      for (int64_t j = 0; j < T; j += 2) {   // dK_j = scale * sum_i dS_ij Q_i ; dV_j = sum_i P_ij dO_i
+        __m512 r0[ND], r1[ND];
+        weighted_rows2<ND>(dsp.data() + 2 * j, dsp.data() + 2 * (j + 1), 2 * T, qi.data(), T, r0, r1);
+        for (int n = 0; n < ND; ++n) {
+          f32_to_bf16x16(gbase + j * row + C + 16 * n, _mm512_mul_ps(r0[n], vscale));
+          f32_to_bf16x16(gbase + (j + 1) * row + C + 16 * n, _mm512_mul_ps(r1[n], vscale));
         }
+        weighted_rows2<ND>(pp.data() + 2 * j, pp.data() + 2 * (j + 1), 2 * T, doi.data(), T, r0, r1);
+        for (int n = 0; n < ND; ++n) {
+          f32_to_bf16x16(gbase + j * row + 2 * C + 16 * n, r0[n]);
+          f32_to_bf16x16(gbase + (j + 1) * row + 2 * C + 16 * n, r1[n]);
+        }
+      }
     }
+  }
+}
+// Entry points: head_dim D in {16, 32, 64} (the caller checks; other sizes do nothing).
+extern "C" void attn_forward(const bf16* qkv, bf16* out, bf16* probs, int64_t B, int64_t T, int64_t H, int64_t D) {
+  switch (D) {
+    case 16: forward<1>(qkv, out, probs, B, T, H); break;
+    case 32: forward<2>(qkv, out, probs, B, T, H); break;
+    case 64: forward<4>(qkv, out, probs, B, T, H); break;
+  }
+}
+extern "C" void attn_backward(const bf16* dout, const bf16* qkv, const bf16* out, const bf16* probs, bf16* dqkv,
+                              int64_t B, int64_t T, int64_t H, int64_t D) {
+  switch (D) {
+    case 16: backward<1>(dout, qkv, out, probs, dqkv, B, T, H); break;
+    case 32: backward<2>(dout, qkv, out, probs, dqkv, B, T, H); break;
+    case 64: backward<4>(dout, qkv, out, probs, dqkv, B, T, H); break;
   }
 }
 #pragma GCC pop_options
