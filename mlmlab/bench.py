@@ -179,6 +179,7 @@ def run_bench(cfg: ExperimentConfig, device: torch.device, precision: str, *, st
         "threads": torch.get_num_threads() if device.type == "cpu" else None,
         "precision": precision,
         "compile": bool(setup.runner.compiled),
+        "attention": attention_path(setup),
         "torch": torch.__version__,
         "n_params": setup.n_params,
         "batch_size": cfg.train.batch_size,
@@ -205,6 +206,20 @@ def run_bench(cfg: ExperimentConfig, device: torch.device, precision: str, *, st
         result["peak_tflops"] = peak / 1e12
         result["mfu"] = fpt * tokens_per_s / peak
     return result
+
+
+def attention_path(setup: BenchSetup) -> str:
+    """Which attention the timed steps ran (model.py decides; this mirrors its conditions)."""
+    from mlmlab import cpu_attention
+    from mlmlab import model as model_module
+
+    if setup.device.type != "cpu" or setup.precision != "bf16":
+        return "scaled_dot_product_attention"
+    head_dim = setup.args.d_model // setup.args.n_heads
+    if (setup.runner.compiled and model_module.FUSED_CPU_ATTENTION and not setup.args.dropout
+            and cpu_attention.supports(setup.cfg.train.seq_len, head_dim)):
+        return "mlmlab's fused CPU kernel"
+    return "written out (bf16 batched matmuls and softmax)"
 
 
 def _quantile(sorted_values: list[float], q: float) -> float:
@@ -242,6 +257,7 @@ def format_report(r: dict) -> str:
         f"model       d_model {m['d_model']}, {m['n_layers']} layers, {m['n_heads']} heads, d_ff {m['d_ff']}: "
         f"{r['n_params']:,} parameters",
         f"batch       {r['batch_size']} × {r['seq_len']} = {r['tokens_per_step']:,} tokens per step",
+        f"attention   {r['attention']}",
         f"steps       {r['steps']} timed after {r['warmup_steps']} warm-up ({r['warmup_s']:.1f} s)",
         f"tokens/s    {r['tokens_per_s']:,.0f}",
         f"ms/step     {r['step_ms_median']:.1f} median (p25 {r['step_ms_p25']:.1f}, p75 {r['step_ms_p75']:.1f}, "

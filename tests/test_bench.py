@@ -20,12 +20,13 @@ def test_bench_json_has_every_field(tiny_sets, db_path):
     r = json.loads(result.stdout)
     for key in ("tokens_per_s", "step_ms_median", "step_ms_p25", "step_ms_p75", "step_ms_min", "step_ms_max",
                 "peak_mem_mb", "flops_per_token", "achieved_tflops", "peak_tflops", "mfu", "precision",
-                "compile", "device", "n_params", "steps", "warmup_s"):
+                "compile", "device", "n_params", "steps", "warmup_s", "attention"):
         assert key in r, key
     assert r["steps"] == 2 and r["tokens_per_step"] == 16 * 32
     assert r["tokens_per_s"] > 0 and r["peak_tflops"] > 0 and 0 < r["mfu"]
     assert r["precision"] in ("fp32", "bf16")
     assert r["compile"] is False  # a tiny, short run on a CPU: compiling would not pay
+    assert r["attention"] != "mlmlab's fused CPU kernel"  # only compiled steps use it
     assert not db_path.exists()  # bench never writes a database
 
 
@@ -33,8 +34,29 @@ def test_bench_prints_a_table(tiny_sets):
     result = run_cli("bench", "--steps", "2", "--warmup", "0", "--no-peak", "--set", "train.precision=fp32",
                      *sets_args(tiny_sets))
     assert result.returncode == 0, result.stderr
-    for label in ("tokens/s", "ms/step", "peak mem", "FLOPs/token", "MFU", "precision fp32"):
+    for label in ("tokens/s", "ms/step", "peak mem", "FLOPs/token", "MFU", "precision fp32",
+                  "attention   scaled_dot_product_attention"):
         assert label in result.stdout, label
+
+
+def test_bench_names_the_attention_its_steps_ran(monkeypatch):
+    from types import SimpleNamespace
+
+    from mlmlab import cpu_attention
+    from mlmlab.bench import attention_path
+
+    monkeypatch.setattr(cpu_attention, "READY", True)
+    args = ModelArgs(vocab_size=40, d_model=64, n_heads=4, max_seq_len=64)
+
+    def setup(compiled=True, precision="bf16", seq_len=32, dropout=0.0):
+        return SimpleNamespace(device=torch.device("cpu"), precision=precision, runner=SimpleNamespace(compiled=compiled),
+                               args=ModelArgs(**{**args.to_dict(), "dropout": dropout}),
+                               cfg=SimpleNamespace(train=SimpleNamespace(seq_len=seq_len)))
+
+    assert attention_path(setup()) == "mlmlab's fused CPU kernel"
+    for case in (dict(compiled=False), dict(seq_len=40), dict(dropout=0.1)):
+        assert attention_path(setup(**case)).startswith("written out"), case
+    assert attention_path(setup(precision="fp32")) == "scaled_dot_product_attention"
 
 
 def test_bench_rejects_bad_input(tiny_sets):
