@@ -103,12 +103,12 @@ def on_model(change):
 
 
 def sdpa_under_cpu_bf16(setup) -> None:
+    model_module.FUSED_CPU_ATTENTION = False  # module-wide, like fp32_residual
     step = setup.runner.step
 
     def step_with_sdpa(*args, **kwargs):
         saved = model_module._cpu_bf16
         model_module._cpu_bf16 = lambda x: False
-        model_module.FUSED_CPU_ATTENTION = False
         try:
             return step(*args, **kwargs)
         finally:
@@ -159,7 +159,7 @@ ITEMS = {
     "bf16_residual": ("bf16 residual stream under bf16 autocast", "fp32 residual stream", fp32_residual),
     "cpu_bf16_attention": ("attention in mlmlab's kernel (or written out) under CPU bf16", "SDPA under CPU bf16",
                            sdpa_under_cpu_bf16),
-    "fused_cpu_attention": ("attention in mlmlab's fused CPU kernel (bf16, head_dim 16/32)",
+    "fused_cpu_attention": ("attention in mlmlab's fused CPU kernel (bf16, head_dim 16/32/64)",
                             "written out: batched matmuls and softmax", written_out_attention),
     "aten_gelu": ("under compile on a CPU, ATen's GELU kernel", "inductor's generated GELU", inductor_gelu),
     "fused_adamw": ("fused AdamW", "foreach AdamW", foreach_adamw),

@@ -209,15 +209,14 @@ def run_bench(cfg: ExperimentConfig, device: torch.device, precision: str, *, st
 
 
 def attention_path(setup: BenchSetup) -> str:
-    """Which attention the timed steps ran (model.py decides; this mirrors its conditions)."""
-    from mlmlab import cpu_attention
-    from mlmlab import model as model_module
+    """Which attention the timed steps ran (by model.py's own rule)."""
+    from mlmlab.model import fused_cpu_attention_fits
 
     if setup.device.type != "cpu" or setup.precision != "bf16":
         return "scaled_dot_product_attention"
-    head_dim = setup.args.d_model // setup.args.n_heads
-    if (setup.runner.compiled and model_module.FUSED_CPU_ATTENTION and not setup.args.dropout
-            and cpu_attention.supports(setup.cfg.train.seq_len, head_dim)):
+    args = setup.args
+    if setup.runner.compiled and fused_cpu_attention_fits(args.d_model // args.n_heads, setup.cfg.train.seq_len,
+                                                          args.dropout):
         return "mlmlab's fused CPU kernel"
     return "written out (bf16 batched matmuls and softmax)"
 

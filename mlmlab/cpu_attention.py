@@ -5,11 +5,10 @@ splitting heads, softmax passes over memory, merging heads, and batched matmuls 
 dimension of 16. `cpu_attention.cpp` does one (batch, head) pair per thread with every product on
 AVX512-BF16 dot-product instructions and the softmax in registers, reading Q, K and V straight from
 the fused QKV projection and writing gradients straight back in its layout. Forward plus backward,
-per layer, on a 2-core CPU, against the written-out path under torch.compile: 1.4 vs 3.1 ms at
-64×32 with head_dim 16, 6.4 vs 12-14 ms at 32×128, 5.2 vs 8.4 ms at 32×128 with head_dim 32, and
-even at 32×128 with head_dim 64 (12.0 vs 12.3 ms), where whole training steps still ran 1.13×
-faster without the head copies (experiments/README-performance.md). The model calls it only under
-torch.compile: eager steps with it were not faster (see model.py).
+per layer, on a 2-core CPU, against the written-out path under torch.compile: 1.3 vs 3.1-3.4 ms at
+64×32 with head_dim 16, 5.3-6.4 vs 12-14 ms at 32×128, 4.4-5.2 vs 8.4 ms at 32×128 with head_dim 32,
+9.7 vs 12.3 ms at 32×128 with head_dim 64 (experiments/README-performance.md). The model calls it
+only under torch.compile: eager steps with it were not faster (see model.py).
 
 The kernel is compiled with torch.compile's own C++ toolchain (inductor's code cache, which also
 caches the library on disk), the first time a model needs it. Where that fails, or the CPU lacks
@@ -20,11 +19,12 @@ Registered as custom ops with their own backward, so torch.compile calls the ker
 from __future__ import annotations
 
 import ctypes
-import platform
 import threading
 from pathlib import Path
 
 import torch
+
+from mlmlab.devices import cpu_flags
 
 HEAD_DIMS = (16, 32, 64)  # measured against the written-out path; larger heads are not; T must be a multiple of 32
 _SOURCE = Path(__file__).with_name("cpu_attention.cpp")
@@ -57,12 +57,7 @@ def reason() -> str | None:
 
 
 def _cpu_has_avx512_bf16() -> bool:
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
-    try:
-        return " avx512_bf16" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    return "avx512_bf16" in cpu_flags()
 
 
 def _library() -> ctypes.CDLL | None:
@@ -146,7 +141,7 @@ _attention.register_autograd(_backward, setup_context=_setup_context)
 def attention(qkv: torch.Tensor, n_heads: int) -> torch.Tensor:
     """softmax(QKᵀ/√d)·V for a bf16 (B, T, 3·C) fused projection, heads merged: (B, T, C). No mask."""
     B, T, C3 = qkv.shape
-    if not (READY and qkv.dtype == torch.bfloat16 and qkv.device.type == "cpu" and C3 % (3 * n_heads) == 0
+    if not (qkv.dtype == torch.bfloat16 and qkv.device.type == "cpu" and C3 % (3 * n_heads) == 0
             and supports(T, C3 // (3 * n_heads))):
         raise ValueError(f"cpu_attention: unsupported input {tuple(qkv.shape)} {qkv.dtype} on {qkv.device} "
                          f"with {n_heads} heads (see supports())")

@@ -57,7 +57,7 @@ class SelfAttention(nn.Module):
         B, T, C = x.shape
         qkv = self.qkv(x)
         dropout = self.dropout if self.training else 0.0
-        if attn_mask is None and not dropout and _fused_cpu_attention(qkv, C // self.n_heads):
+        if attn_mask is None and _fused_cpu_attention(qkv, C // self.n_heads, dropout):
             y = cpu_attention.attention(qkv, self.n_heads)
         else:
             q, k, v = self._heads(qkv)
@@ -102,14 +102,19 @@ def _cpu_bf16(x: torch.Tensor) -> bool:
 # dropout, a CPU with AVX512-BF16, the kernel compiled by cpu_attention.prepare() before training
 # starts). Whole compiled training steps ran 1.05-1.16× faster at 64×32, 1.38× at 32×128 and 1.13×
 # at d_model 256 than with the written-out path. Eager steps were not faster: 0.88× at the quick
-# preset's 64×64 (1.06× at 64×32), all of it lost around the custom op's eager autograd
-# (experiments/README-performance.md), so eager models keep the written-out path.
+# preset's 64×64 (1.06× at 64×32), though the kernel alone is faster at that shape; the cause is not
+# established (experiments/README-performance.md), so eager models keep the written-out path.
 FUSED_CPU_ATTENTION = True
 
 
-def _fused_cpu_attention(qkv: torch.Tensor, head_dim: int) -> bool:
-    return (FUSED_CPU_ATTENTION and torch.compiler.is_compiling() and qkv.dtype == torch.bfloat16
-            and qkv.device.type == "cpu" and cpu_attention.supports(qkv.shape[1], head_dim))
+def fused_cpu_attention_fits(head_dim: int, seq_len: int, dropout: float) -> bool:
+    """Whether compiled CPU bf16 attention of this shape, with no padding mask, runs in the kernel."""
+    return FUSED_CPU_ATTENTION and not dropout and cpu_attention.supports(seq_len, head_dim)
+
+
+def _fused_cpu_attention(qkv: torch.Tensor, head_dim: int, dropout: float) -> bool:
+    return (torch.compiler.is_compiling() and qkv.dtype == torch.bfloat16 and qkv.device.type == "cpu"
+            and fused_cpu_attention_fits(head_dim, qkv.shape[1], dropout))
 
 
 def _math_attention(q, k, v, attn_mask: torch.Tensor | None, dropout: float) -> torch.Tensor:

@@ -164,7 +164,9 @@ class StepRunner:
         self.vocab_size = model.args.vocab_size
         # Compiled CPU bf16 steps use the fused attention kernel: it is built (or loaded from its
         # cache) here, before torch.compile traces the model.
-        self.fused_attention = self.compiled and device.type == "cpu" and precision == "bf16" and cpu_attention.prepare()
+        wants_kernel = self.compiled and device.type == "cpu" and precision == "bf16"
+        self.fused_attention_note = (None if not wants_kernel or cpu_attention.prepare() else
+                                     f"fused CPU attention unavailable ({cpu_attention.reason()}); using written-out attention")
         self.on_message: Callable[[str], None] = lambda text: None
         self.metrics = True  # per-step accuracy and masking split; off only to measure their cost
 
@@ -411,8 +413,8 @@ class Trainer:
         runner = StepRunner(model, optimizer, cfg, self.device, self.precision, sampler, mask_gen, no_mask_ids,
                             compiled=train_model if compiled is None else compiled)
         runner.on_message = self.reporter.message
-        if runner.compiled and self.device.type == "cpu" and self.precision == "bf16" and not runner.fused_attention:
-            self.reporter.message(f"fused CPU attention unavailable ({cpu_attention.reason()}); using written-out attention")
+        if runner.fused_attention_note:
+            self.reporter.message(runner.fused_attention_note)
         evalset = build_eval_set(self.data.valid_ids, cfg, tok.vocab_size, no_mask_ids, self.device) if self.rank == 0 else None
         if self.store:
             self.store.start_run(self.run_id, device=str(self.device), precision=self.precision, n_params=model.n_params())

@@ -155,3 +155,22 @@ def test_without_the_kernel_the_model_falls_back_and_says_why(monkeypatch, tmp_p
     monkeypatch.setattr(cpu_attention, "_cpu_has_avx512_bf16", lambda: False)
     assert cpu_attention.prepare() is False
     assert cpu_attention.reason() == "the CPU has no AVX512-BF16 instructions"
+
+
+def test_a_compiled_cpu_bf16_step_runner_says_when_the_kernel_is_missing(monkeypatch):
+    from types import SimpleNamespace
+
+    from mlmlab.training import StepRunner
+
+    model = tiny_model()
+    compiled = SimpleNamespace(_orig_mod=model)  # what torch.compile returns, as far as StepRunner looks
+    monkeypatch.setattr(cpu_attention, "prepare", lambda: False)
+    monkeypatch.setattr(cpu_attention, "reason", lambda: "the CPU has no AVX512-BF16 instructions")
+
+    def runner(precision="bf16", compiled_model=compiled):
+        return StepRunner(model, None, None, torch.device("cpu"), precision, None, None, None, compiled=compiled_model)
+
+    assert runner().fused_attention_note == ("fused CPU attention unavailable (the CPU has no AVX512-BF16 "
+                                             "instructions); using written-out attention")
+    assert runner(precision="fp32").fused_attention_note is None
+    assert runner(compiled_model=None).fused_attention_note is None  # eager steps never use the kernel
