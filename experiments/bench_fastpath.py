@@ -163,6 +163,8 @@ ITEMS = {
                             "written out: batched matmuls and softmax", written_out_attention),
     "aten_gelu": ("under compile on a CPU, ATen's GELU kernel", "inductor's generated GELU", inductor_gelu),
     "fused_adamw": ("fused AdamW", "foreach AdamW", foreach_adamw),
+    "kept_memory": ("malloc keeps freed memory (devices.keep_freed_memory)", "glibc's default: freed blocks go back to the OS",
+                    {"keep_freed": False}),
     "no_sync": ("no host sync in the step", ".item() every step", sync_every_step),
     "compile": ("torch.compile (auto: CUDA, and CPU runs of 10+ minutes)", "eager", {"compile": "off"}),
 }
@@ -171,12 +173,14 @@ COMPILED = {"compile", "fused_cpu_attention", "aten_gelu"}
 
 
 def build(c: dict, device: str, precision: str | None = None, compile_mode: str = "off", item: str | None = None,
-          threads: int | None = None):
+          threads: int | None = None, keep_freed: bool = True):
     """One variant's training step, built inside its own worker process (see IsolatedStep)."""
+    from mlmlab import devices
     from mlmlab.devices import resolve_precision
 
     if threads:
         torch.set_num_threads(threads)
+    devices.KEEP_FREED_MEMORY = keep_freed  # process-wide, and this process is the variant's own
     device = torch.device(device)
     cfg = resized_seed(c, f"train.compile={compile_mode}")
     precision = precision or resolve_precision("auto", device)
@@ -216,8 +220,8 @@ def main(argv=None) -> int:
         precision = resolve_precision("auto", device)
         default = IsolatedStep(build, c, str(device), precision, base_compile, None, args.threads)
         if isinstance(change, dict):
-            variant = IsolatedStep(build, c, str(device), change.get("precision"), change.get("compile", base_compile),
-                                   None, args.threads)
+            variant = IsolatedStep(build, c, str(device), change.get("precision", precision),
+                                   change.get("compile", base_compile), None, args.threads, change.get("keep_freed", True))
         else:
             variant = IsolatedStep(build, c, str(device), precision, base_compile, name, args.threads)
         try:

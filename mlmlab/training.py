@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from mlmlab import checkpoints as ckpt
-from mlmlab import cpu_attention
+from mlmlab import cpu_attention, devices
 from mlmlab.config import ExperimentConfig
 from mlmlab.data import WindowSampler, load_corpus, split_text
 from mlmlab.devices import memory_mb, resolve_device, resolve_precision
@@ -167,6 +167,7 @@ class StepRunner:
         wants_kernel = self.compiled and device.type == "cpu" and precision == "bf16"
         self.fused_attention_note = (None if not wants_kernel or cpu_attention.prepare() else
                                      f"fused CPU attention unavailable ({cpu_attention.reason()}); using written-out attention")
+        devices.keep_freed_memory()  # every step reuses the last one's memory instead of faulting in new pages
         self.on_message: Callable[[str], None] = lambda text: None
         self.metrics = True  # per-step accuracy and masking split; off only to measure their cost
 
