@@ -215,8 +215,7 @@ def attention_path(setup: BenchSetup) -> str:
     if setup.device.type != "cpu" or setup.precision != "bf16":
         return "scaled_dot_product_attention"
     args = setup.args
-    if setup.runner.compiled and fused_cpu_attention_fits(args.d_model // args.n_heads, setup.cfg.train.seq_len,
-                                                          args.dropout):
+    if fused_cpu_attention_fits(args.d_model // args.n_heads, setup.cfg.train.seq_len, args.dropout):
         return "mlmlab's fused CPU kernel"
     return "written out (bf16 batched matmuls and softmax)"
 

@@ -7,8 +7,8 @@ AVX512-BF16 dot-product instructions and the softmax in registers, reading Q, K 
 the fused QKV projection and writing gradients straight back in its layout. Forward plus backward,
 per layer, on a 2-core CPU, against the written-out path under torch.compile: 1.3 vs 3.1-3.4 ms at
 64×32 with head_dim 16, 5.3-6.4 vs 12-14 ms at 32×128, 4.4-5.2 vs 8.4 ms at 32×128 with head_dim 32,
-9.7 vs 12.3 ms at 32×128 with head_dim 64 (experiments/README-performance.md). The model calls it
-only under torch.compile: eager steps with it were not faster (see model.py).
+9.7 vs 12.3 ms at 32×128 with head_dim 64 (experiments/README-performance.md). Eager and compiled
+models both call it (see model.py).
 
 The kernel is compiled with torch.compile's own C++ toolchain (inductor's code cache, which also
 caches the library on disk), the first time a model needs it. Where that fails, or the CPU lacks

@@ -97,23 +97,23 @@ def _cpu_bf16(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
-# Under CPU bf16 autocast in a model compiled by torch.compile, attention runs in
-# mlmlab/cpu_attention.cpp where it can (head_dim 16, 32 or 64, no padding mask, no attention
-# dropout, a CPU with AVX512-BF16, the kernel compiled by cpu_attention.prepare() before training
-# starts). Whole compiled training steps ran 1.05-1.16× faster at 64×32, 1.38× at 32×128 and 1.13×
-# at d_model 256 than with the written-out path. Eager steps were not faster: 0.88× at the quick
-# preset's 64×64 (1.06× at 64×32), though the kernel alone is faster at that shape; the cause is not
-# established (experiments/README-performance.md), so eager models keep the written-out path.
+# Under CPU bf16 autocast, attention runs in mlmlab/cpu_attention.cpp where it can (head_dim 16, 32
+# or 64, no padding mask, no attention dropout, a CPU with AVX512-BF16, the kernel compiled by
+# cpu_attention.prepare() before training starts). Whole compiled training steps ran 1.05-1.16×
+# faster at 64×32, 1.38× at 32×128 and 1.13× at d_model 256 than with the written-out path; eager
+# steps (the quick preset) 1.13× at 64×32 and 1.05× at 64×64. Eager steps first lost (0.88×) while
+# glibc gave every step fresh pages (devices.keep_freed_memory): the kernel's probabilities are a
+# large new allocation per layer (experiments/README-performance.md).
 FUSED_CPU_ATTENTION = True
 
 
 def fused_cpu_attention_fits(head_dim: int, seq_len: int, dropout: float) -> bool:
-    """Whether compiled CPU bf16 attention of this shape, with no padding mask, runs in the kernel."""
+    """Whether CPU bf16 attention of this shape, with no padding mask, runs in the kernel."""
     return FUSED_CPU_ATTENTION and not dropout and cpu_attention.supports(seq_len, head_dim)
 
 
 def _fused_cpu_attention(qkv: torch.Tensor, head_dim: int, dropout: float) -> bool:
-    return (torch.compiler.is_compiling() and qkv.dtype == torch.bfloat16 and qkv.device.type == "cpu"
+    return (qkv.dtype == torch.bfloat16 and qkv.device.type == "cpu"
             and fused_cpu_attention_fits(head_dim, qkv.shape[1], dropout))
 
 

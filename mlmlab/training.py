@@ -162,9 +162,9 @@ class StepRunner:
         self.compiled = self.eager is not None
         self._checked = not self.compiled
         self.vocab_size = model.args.vocab_size
-        # Compiled CPU bf16 steps use the fused attention kernel: it is built (or loaded from its
-        # cache) here, before torch.compile traces the model.
-        wants_kernel = self.compiled and device.type == "cpu" and precision == "bf16"
+        # CPU bf16 steps use the fused attention kernel: it is built (or loaded from its cache) here,
+        # before torch.compile traces the model and before the run's clock starts.
+        wants_kernel = device.type == "cpu" and precision == "bf16"
         self.fused_attention_note = (None if not wants_kernel or cpu_attention.prepare() else
                                      f"fused CPU attention unavailable ({cpu_attention.reason()}); using written-out attention")
         devices.keep_freed_memory()  # every step reuses the last one's memory instead of faulting in new pages

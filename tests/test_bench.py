@@ -26,7 +26,7 @@ def test_bench_json_has_every_field(tiny_sets, db_path):
     assert r["tokens_per_s"] > 0 and r["peak_tflops"] > 0 and 0 < r["mfu"]
     assert r["precision"] in ("fp32", "bf16")
     assert r["compile"] is False  # a tiny, short run on a CPU: compiling would not pay
-    assert r["attention"] != "mlmlab's fused CPU kernel"  # only compiled steps use it
+    assert r["attention"] == "scaled_dot_product_attention"  # fp32 (TINY_SETS)
     assert not db_path.exists()  # bench never writes a database
 
 
@@ -48,13 +48,13 @@ def test_bench_names_the_attention_its_steps_ran(monkeypatch):
     monkeypatch.setattr(cpu_attention, "READY", True)
     args = ModelArgs(vocab_size=40, d_model=64, n_heads=4, max_seq_len=64)
 
-    def setup(compiled=True, precision="bf16", seq_len=32, dropout=0.0):
-        return SimpleNamespace(device=torch.device("cpu"), precision=precision, runner=SimpleNamespace(compiled=compiled),
+    def setup(precision="bf16", seq_len=32, dropout=0.0):
+        return SimpleNamespace(device=torch.device("cpu"), precision=precision,
                                args=ModelArgs(**{**args.to_dict(), "dropout": dropout}),
                                cfg=SimpleNamespace(train=SimpleNamespace(seq_len=seq_len)))
 
     assert attention_path(setup()) == "mlmlab's fused CPU kernel"
-    for case in (dict(compiled=False), dict(seq_len=40), dict(dropout=0.1)):
+    for case in (dict(seq_len=40), dict(dropout=0.1)):
         assert attention_path(setup(**case)).startswith("written out"), case
     assert attention_path(setup(precision="fp32")) == "scaled_dot_product_attention"
 
