@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -152,7 +153,8 @@ class StepRunner:
 
     def __init__(self, model: MaskedLM, optimizer, cfg: ExperimentConfig, device: torch.device,
                  precision: str, sampler: WindowSampler, mask_gen: torch.Generator,
-                 no_mask_ids: torch.Tensor | None, compiled: Callable | None = None):
+                 no_mask_ids: torch.Tensor | None, compiled: Callable | None = None,
+                 on_message: Callable[[str], None] = lambda text: None):
         self.model, self.optimizer, self.cfg, self.device = model, optimizer, cfg, device
         self.precision, self.sampler, self.mask_gen = precision, sampler, mask_gen
         self.no_mask_ids = no_mask_ids
@@ -165,11 +167,21 @@ class StepRunner:
         # CPU bf16 steps use the fused attention kernel: it is built (or loaded from its cache) here,
         # before torch.compile traces the model and before the run's clock starts.
         wants_kernel = device.type == "cpu" and precision == "bf16"
-        self.fused_attention_note = (None if not wants_kernel or cpu_attention.prepare() else
+        self.on_message = on_message
+        self.fused_attention_note = (None if not wants_kernel or self._prepare_kernel() else
                                      f"fused CPU attention unavailable ({cpu_attention.reason()}); using written-out attention")
         devices.keep_freed_memory()  # every step reuses the last one's memory instead of faulting in new pages
-        self.on_message: Callable[[str], None] = lambda text: None
         self.metrics = True  # per-step accuracy and masking split; off only to measure their cost
+
+    def _prepare_kernel(self) -> bool:
+        """cpu_attention.prepare(), saying so when it compiles the kernel (about 12 s with an empty cache)."""
+        notice = threading.Timer(1.0, self.on_message, ["compiling mlmlab's fused CPU attention kernel "
+                                                        "(first use; cached after that)"])
+        notice.start()
+        try:
+            return cpu_attention.prepare()
+        finally:
+            notice.cancel()
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
@@ -412,8 +424,7 @@ class Trainer:
         sampler = WindowSampler(to_device(self.data.train_ids, self.device), data_gen)
         compiled = maybe_compile(train_model, cfg, self.device)
         runner = StepRunner(model, optimizer, cfg, self.device, self.precision, sampler, mask_gen, no_mask_ids,
-                            compiled=train_model if compiled is None else compiled)
-        runner.on_message = self.reporter.message
+                            compiled=train_model if compiled is None else compiled, on_message=self.reporter.message)
         if runner.fused_attention_note:
             self.reporter.message(runner.fused_attention_note)
         evalset = build_eval_set(self.data.valid_ids, cfg, tok.vocab_size, no_mask_ids, self.device) if self.rank == 0 else None

@@ -172,3 +172,21 @@ def test_a_cpu_bf16_step_runner_says_when_the_kernel_is_missing(monkeypatch):
                                              "instructions); using written-out attention")
     assert runner(precision="fp32").fused_attention_note is None
     assert runner(compiled_model=None).fused_attention_note == runner().fused_attention_note  # eager steps too
+
+
+def test_a_step_runner_says_so_while_the_kernel_compiles(monkeypatch):
+    import time
+
+    from mlmlab.training import StepRunner
+
+    model = tiny_model()
+    messages = []
+
+    def runner_with_prepare(seconds: float):
+        messages.clear()
+        monkeypatch.setattr(cpu_attention, "prepare", lambda: time.sleep(seconds) or True)
+        StepRunner(model, None, None, torch.device("cpu"), "bf16", None, None, None, on_message=messages.append)
+        return messages
+
+    assert runner_with_prepare(0.0) == []  # cached: nothing to say
+    assert runner_with_prepare(1.3) == ["compiling mlmlab's fused CPU attention kernel (first use; cached after that)"]
