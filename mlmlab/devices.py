@@ -84,8 +84,10 @@ def memory_mb(device: torch.device) -> float:
 # top), so every training step took its activations as fresh pages the kernel had to fault in and
 # zero: at 32×128 (d_model 128, 6 layers) 25,800 page faults and 57 ms of system time per 146 ms
 # step. A training process allocates the same sizes every step, so it keeps what it frees: blocks up
-# to 32 MB (glibc's ceiling) come from the heap, and the heap is never trimmed. Steps ran 1.18× faster
-# at 32×128, 1.20× at 64×32 and 1.08× at d_model 256 (experiments/README-performance.md).
+# to 32 MB (glibc's ceiling) come from the heap, and the heap is never trimmed. Compiled steps ran
+# 1.18× faster at 32×128, 1.20× at 64×32 and 1.08× at d_model 256; eager steps, in alternating
+# rounds, 1.29×, 1.12× and 1.14× (experiments/README-performance.md). The price: the process's
+# memory stays at its peak between steps.
 KEEP_FREED_MEMORY = True
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
 
