@@ -170,6 +170,8 @@ class StepRunner:
         self.on_message = on_message
         self.fused_attention_note = (None if not wants_kernel or self._prepare_kernel() else
                                      f"fused CPU attention unavailable ({cpu_attention.reason()}); using written-out attention")
+        if self.fused_attention_note:
+            on_message(self.fused_attention_note)
         devices.keep_freed_memory()  # every step reuses the last one's memory instead of faulting in new pages
         self.metrics = True  # per-step accuracy and masking split; off only to measure their cost
 
@@ -425,8 +427,6 @@ class Trainer:
         compiled = maybe_compile(train_model, cfg, self.device)
         runner = StepRunner(model, optimizer, cfg, self.device, self.precision, sampler, mask_gen, no_mask_ids,
                             compiled=train_model if compiled is None else compiled, on_message=self.reporter.message)
-        if runner.fused_attention_note:
-            self.reporter.message(runner.fused_attention_note)
         evalset = build_eval_set(self.data.valid_ids, cfg, tok.vocab_size, no_mask_ids, self.device) if self.rank == 0 else None
         if self.store:
             self.store.start_run(self.run_id, device=str(self.device), precision=self.precision, n_params=model.n_params())

@@ -165,11 +165,15 @@ def test_a_cpu_bf16_step_runner_says_when_the_kernel_is_missing(monkeypatch):
     monkeypatch.setattr(cpu_attention, "prepare", lambda: False)
     monkeypatch.setattr(cpu_attention, "reason", lambda: "the CPU has no AVX512-BF16 instructions")
 
-    def runner(precision="bf16", compiled_model=compiled):
-        return StepRunner(model, None, None, torch.device("cpu"), precision, None, None, None, compiled=compiled_model)
+    messages = []
 
-    assert runner().fused_attention_note == ("fused CPU attention unavailable (the CPU has no AVX512-BF16 "
-                                             "instructions); using written-out attention")
+    def runner(precision="bf16", compiled_model=compiled):
+        return StepRunner(model, None, None, torch.device("cpu"), precision, None, None, None, compiled=compiled_model,
+                          on_message=messages.append)
+
+    note = runner().fused_attention_note
+    assert note == "fused CPU attention unavailable (the CPU has no AVX512-BF16 instructions); using written-out attention"
+    assert messages == [note]  # said once, where the run prints its messages
     assert runner(precision="fp32").fused_attention_note is None
     assert runner(compiled_model=None).fused_attention_note == runner().fused_attention_note  # eager steps too
 
