@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 import mlmlab.model as model_module
-from mlmlab.bench import IsolatedStep, alternate, build_setup
+from mlmlab.bench import build_setup
+from mlmlab.benchharness import IsolatedStep, alternate
 from mlmlab.devices import resolve_device, resolve_precision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -94,7 +95,7 @@ def on_model(change):
     """A change to the model's structure; the optimizer is rebuilt over the new parameters."""
 
     def apply(setup):
-        from mlmlab.training import build_optimizer
+        from mlmlab.engine.step import build_optimizer
 
         change(setup.runner.model)
         setup.runner.optimizer = build_optimizer(setup.runner.model, setup.cfg, setup.device)

@@ -28,10 +28,12 @@ import torch
 from mlmlab.checkpoints import save_checkpoint
 from mlmlab.config import load_config
 from mlmlab.model import MaskedLM
-from mlmlab.notation import MASKED, MaskedText, Slot
-from mlmlab.prediction import FILL_ITERATIVE, PREDICT_THREADS, Predictor
+from mlmlab.notation import MaskedText, Slot
+from mlmlab.predict.loading import PREDICT_THREADS
+from mlmlab.predict.predictor import Predictor
 from mlmlab.tokenizer import CharTokenizer
-from mlmlab.training import build_optimizer, model_args
+from mlmlab.engine.step import build_optimizer, model_args
+from mlmlab.vocab import FILL_ITERATIVE, MASKED, VISIBLE
 
 SENTENCE = "The quick brown fox jumps over the lazy dog, and then it sleeps!"  # 64 characters
 
@@ -56,7 +58,7 @@ def seed_checkpoint(folder: Path, max_seq_len: int) -> Path:
 def hide(text: str, every: int, span: int) -> MaskedText:
     """Hide every `every`-th character of the middle `span` ones (every=7 of 64 hides 9, about 15%)."""
     lo = (len(text) - span) // 2
-    return MaskedText(tuple(Slot(ch, MASKED if i % every == 3 and lo <= i < lo + span else "none")
+    return MaskedText(tuple(Slot(ch, MASKED if i % every == 3 and lo <= i < lo + span else VISIBLE)
                             for i, ch in enumerate(text)))
 
 
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
               f"over {len(loads)} loads (first {loads[0] * 1000:.0f} ms)")
 
         sentence = hide(SENTENCE, 7, min(len(SENTENCE), a.max_seq_len))
-        one = MaskedText(tuple(Slot(ch, MASKED if i == 20 else "none") for i, ch in enumerate(SENTENCE)))
+        one = MaskedText(tuple(Slot(ch, MASKED if i == 20 else VISIBLE) for i, ch in enumerate(SENTENCE)))
         result = predictor.predict(sentence)
         print(f"sentence: {len(SENTENCE)} characters, {len(sentence.hidden)} hidden; the model read positions "
               f"{result.window[0]}-{result.window[1] - 1}")

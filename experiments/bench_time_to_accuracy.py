@@ -18,7 +18,7 @@ config at these sizes (dropout 0.1, GELU, post-LN) and the recipe of the issue's
 measurement: Adam(W) with the Noam schedule (lr 1 · d_model^-0.5 · min(n^-0.5, n · 4000^-1.5)).
 `--hf-lr` and `--hf-schedule cosine` give it a time-annealed cosine instead.
 
-Each trains in a process of its own (mlmlab.bench.IsolatedStep: in one process, the two slowed each
+Each trains in a process of its own (mlmlab.benchharness.IsolatedStep: in one process, the two slowed each
 other down) and they take turns in chunks of `--chunk` seconds, each until it has trained for
 `--seconds` of its own wall time, so a shared machine's load hits both alike. Evaluation is not
 counted for either.
@@ -36,14 +36,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from mlmlab.bench import ForeignLoad, IsolatedStep, build_setup
+from mlmlab.bench import build_setup
+from mlmlab.benchharness import ForeignLoad, IsolatedStep
 from mlmlab.config import load_config
 from mlmlab.data import WindowSampler
 from mlmlab.devices import resolve_device, resolve_precision
 from mlmlab.errors import MlmlabError
 from mlmlab.masking import IGNORE, mask_tokens, n_chosen_for
 from mlmlab.tokenizer import PAD_ID
-from mlmlab.training import build_eval_set, evaluate, prepare_data
+from mlmlab.engine.data import prepare_data
+from mlmlab.engine.evaluation import build_eval_set, evaluate
 
 
 def log(text: str) -> None:
@@ -109,7 +111,7 @@ class Mlmlab(Contender):
         self.device = device
 
     def step(self) -> int:
-        from mlmlab.training import seq_len_at
+        from mlmlab.engine.schedule import seq_len_at
 
         t = self.cfg.train
         if self.steps >= t.steps:
@@ -202,7 +204,7 @@ class HuggingFace(Contender):
 
 def build_contender(kind: str, args: argparse.Namespace, extra: list[str], name: str = "",
                     attn: str = "", precision: str = "") -> Contender:
-    """A contender, built inside its own worker process (mlmlab.bench.IsolatedStep).
+    """A contender, built inside its own worker process (mlmlab.benchharness.IsolatedStep).
 
     Every worker builds the same held-out set from the base config (fixed seed and masks)."""
     if args.threads:
@@ -225,7 +227,7 @@ def base_sets(args: argparse.Namespace) -> list[str]:
 
 
 def fastest_hf_setting(args: argparse.Namespace, tokens_per_step: int) -> tuple[str, str, dict]:
-    from mlmlab.bench import alternate
+    from mlmlab.benchharness import alternate
 
     device = resolve_device(args.device)
     settings = [("eager", "bf16"), ("sdpa", "bf16"), ("eager", "fp32"), ("sdpa", "fp32")]
@@ -246,7 +248,7 @@ def fastest_hf_setting(args: argparse.Namespace, tokens_per_step: int) -> tuple[
     return attn, precision, medians
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=300.0, help="training wall time for each (default 300)")
     p.add_argument("--chunk", type=float, default=10.0, help="seconds per turn (default 10)")
@@ -271,47 +273,40 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--hf-setting {args.hf_setting!r}: expected 'eager|sdpa fp32|bf16', e.g. 'eager bf16'")
     args.hf_lr = args.hf_lr if args.hf_lr is not None else (1.0 if args.hf_schedule == "noam" else 1e-3)
     args.hf_warmup = args.hf_warmup or (4000 if args.hf_schedule == "noam" else 100)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    cfg = load_config(args.config, base_sets(args))
-    if args.against:
-        load_config(args.config, [*base_sets(args), *args.against])  # a bad override fails here, in one line
-    prepare_data(cfg)  # once here, so the workers find the corpus cached
+    return args
 
-    workers: dict[str, IsolatedStep] = {}
-    report: dict = {"seconds": args.seconds, "config": cfg.to_dict(), "threads": torch.get_num_threads(),
-                    "device": str(device), "torch": torch.__version__}
-    try:
-        if args.only != "hf":
-            workers["mlmlab"] = IsolatedStep(build_contender, "mlmlab", args, [])
-        if args.against:
-            workers["mlmlab+against"] = IsolatedStep(build_contender, "mlmlab", args, args.against, "mlmlab+against")
-            report["against"] = args.against
-        elif args.only != "mlmlab":
-            if args.hf_setting:
-                attn, precision = args.hf_setting.split()
-            else:
-                attn, precision, trial = fastest_hf_setting(args, cfg.train.batch_size * cfg.train.seq_len)
-                report["hf_trial_tokens_per_s"] = trial
-                log("HF speed trial: " + ", ".join(f"{k} {v:,.0f} tokens/s" for k, v in trial.items()))
-            workers["hf"] = IsolatedStep(build_contender, "hf", args, [], "", attn, precision)
-        settings = {name: w.call("setting") for name, w in workers.items()}
-        if "hf" in settings:
-            report["hf_setting"] = settings["hf"]
-        trained = {name: 0.0 for name in workers}
-        while any(seconds < args.seconds for seconds in trained.values()):
-            for name, worker in workers.items():
-                if trained[name] < args.seconds:
-                    totals = worker.call("train_for", min(args.chunk, args.seconds - trained[name]))
-                    trained[name] = totals["seconds"]
-                    steps = totals["steps"]
-            log(" | ".join(f"{name} {trained[name]:5.0f} s" for name in workers) + f" (last: step {steps})")
-        results = {name: worker.call("held_out") for name, worker in workers.items()}
-    finally:
-        for worker in workers.values():
-            worker.close()
-    report["results"] = results
+
+def start_workers(args, cfg, workers: dict[str, IsolatedStep], report: dict) -> None:
+    """One worker per contender: mlmlab, and HF (at its fastest setting) or mlmlab with `--against`."""
+    if args.only != "hf":
+        workers["mlmlab"] = IsolatedStep(build_contender, "mlmlab", args, [])
+    if args.against:
+        workers["mlmlab+against"] = IsolatedStep(build_contender, "mlmlab", args, args.against, "mlmlab+against")
+        report["against"] = args.against
+    elif args.only != "mlmlab":
+        if args.hf_setting:
+            attn, precision = args.hf_setting.split()
+        else:
+            attn, precision, trial = fastest_hf_setting(args, cfg.train.batch_size * cfg.train.seq_len)
+            report["hf_trial_tokens_per_s"] = trial
+            log("HF speed trial: " + ", ".join(f"{k} {v:,.0f} tokens/s" for k, v in trial.items()))
+        workers["hf"] = IsolatedStep(build_contender, "hf", args, [], "", attn, precision)
+
+
+def race(args, workers: dict[str, IsolatedStep]) -> dict[str, dict]:
+    """Train the workers in turns of `--chunk` seconds until each has trained `--seconds`; score them."""
+    trained = {name: 0.0 for name in workers}
+    while any(seconds < args.seconds for seconds in trained.values()):
+        for name, worker in workers.items():
+            if trained[name] < args.seconds:
+                totals = worker.call("train_for", min(args.chunk, args.seconds - trained[name]))
+                trained[name] = totals["seconds"]
+                steps = totals["steps"]
+        log(" | ".join(f"{name} {trained[name]:5.0f} s" for name in workers) + f" (last: step {steps})")
+    return {name: worker.call("held_out") for name, worker in workers.items()}
+
+
+def print_report(args, device, settings: dict[str, str], results: dict[str, dict], report: dict) -> None:
     scored = next(iter(results.values()))  # every worker scored the same fixed batches
     print(f"\nTime to accuracy: {args.seconds:.0f} s of training each, held-out masked accuracy on "
           f"{scored['eval_batches']} fixed batches ({scored['masked_tokens']:,} masked tokens), {device}, "
@@ -324,6 +319,32 @@ def main(argv: list[str] | None = None) -> int:
         ratio = results["mlmlab"]["eval_acc"] / results["hf"]["eval_acc"]
         report["accuracy_ratio"] = ratio
         print(f"\naccuracy ratio mlmlab / HF: {ratio:.2f}x (target 1.2x)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    cfg = load_config(args.config, base_sets(args))
+    if args.against:
+        load_config(args.config, [*base_sets(args), *args.against])  # a bad override fails here, in one line
+    prepare_data(cfg)  # once here, so the workers find the corpus cached
+
+    workers: dict[str, IsolatedStep] = {}
+    report: dict = {"seconds": args.seconds, "config": cfg.to_dict(), "threads": torch.get_num_threads(),
+                    "device": str(device), "torch": torch.__version__}
+    try:
+        start_workers(args, cfg, workers, report)
+        settings = {name: w.call("setting") for name, w in workers.items()}
+        if "hf" in settings:
+            report["hf_setting"] = settings["hf"]
+        results = race(args, workers)
+    finally:
+        for worker in workers.values():
+            worker.close()
+    report["results"] = results
+    print_report(args, device, settings, results, report)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 0

@@ -13,7 +13,7 @@ Face runs at its best setting: every combination of attention (eager, sdpa) and 
 bf16 autocast) is tried for a few alternating rounds and the fastest is kept. Then the two take
 turns for `--rounds` rounds of `--steps` steps; the table gives each one's median tokens/s and the
 median over rounds of the ratio within a round, so load drifting on a shared machine hits both.
-Each contender trains in a process of its own (`mlmlab.bench.IsolatedStep`): sharing one process,
+Each contender trains in a process of its own (`mlmlab.benchharness.IsolatedStep`): sharing one process,
 they slowed each other down (HF by a quarter after torch.compile's kernels had run beside it).
 
 Masking: mlmlab's `mask_tokens` (exact split) against the labml reference's vectorised algorithm
@@ -37,13 +37,14 @@ from pathlib import Path
 
 import torch
 
-from mlmlab.bench import IsolatedStep, alternate, build_setup
+from mlmlab.bench import build_setup, synchronizer
+from mlmlab.benchharness import IsolatedStep, alternate, interleaved_ms
 from mlmlab.config import load_config
 from mlmlab.data import WindowSampler
 from mlmlab.devices import keep_freed_memory, resolve_device, resolve_precision
 from mlmlab.masking import mask_tokens, n_chosen_for
 from mlmlab.tokenizer import MASK_ID, N_SPECIAL, PAD_ID
-from mlmlab.training import compile_decision
+from mlmlab.engine.step import compile_decision
 
 # The issue's three configs (vocab 67 as the labml reference's char-level Tiny Shakespeare).
 CONFIGS = {
@@ -140,10 +141,6 @@ def _worker_setup(device: str, threads: int | None) -> torch.device:
     return torch.device(device)
 
 
-def sync_for(device: torch.device):
-    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-
-
 def throughput(name: str, c: dict, device: torch.device, args) -> dict:
     tokens = c["batch_size"] * c["seq_len"]
     ours_label = mlmlab_label(c, device)
@@ -226,25 +223,10 @@ def masking(device: torch.device, reps: int) -> list[dict]:
             "reference": lambda: reference_masking(ids, n_tokens=vocab, masking_prob=0.15, randomize_prob=0.1,
                                                    no_change_prob=0.1, mask_id=MASK_ID, pad_id=PAD_ID, generator=gen),
         }
-        times = interleaved_ms(fns, reps, sync_for(device))
+        times = interleaved_ms(fns, reps, synchronizer(device))
         rows.append({"batch": f"{B}x{T}", **{f"{k}_ms": statistics.median(v) for k, v in times.items()},
                      **{f"{k}_p10_ms": sorted(v)[len(v) // 10] for k, v in times.items()}})
     return rows
-
-
-def interleaved_ms(fns: dict, reps: int, sync) -> dict[str, list[float]]:
-    for fn in fns.values():
-        for _ in range(5):
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            times[name].append(1000 * (time.perf_counter() - start))
-    return times
 
 
 # --- logging overhead -------------------------------------------------------------------------------
@@ -253,7 +235,9 @@ def interleaved_ms(fns: dict, reps: int, sync) -> dict[str, list[float]]:
 def logging_overhead(device: torch.device, args) -> dict:
     """The quick preset's step with the metric pipeline on (as `mlmlab run` does) and off."""
     from mlmlab.store import Store
-    from mlmlab.training import Progress, Trainer, prepare_data
+    from mlmlab.engine.data import prepare_data
+    from mlmlab.engine.state import Progress
+    from mlmlab.engine.trainer import Trainer
 
     cfg = load_config("quick", ["train.max_minutes=0"])
     precision = resolve_precision(cfg.train.precision, device)
@@ -291,7 +275,7 @@ def logging_overhead(device: torch.device, args) -> dict:
             step_on()
             step_off()
         figures = alternate({"on": step_on, "off": step_off}, rounds=args.logging_rounds,
-                            steps=cfg.train.log_every * 2, tokens_per_step=tokens, sync=sync_for(device))
+                            steps=cfg.train.log_every * 2, tokens_per_step=tokens, sync=synchronizer(device))
         trainer.flush(progress, force=True)
         store.close()
     rounds, clean = figures.rounds_used(min_clean=3, max_foreign=args.max_foreign)
@@ -321,13 +305,13 @@ def in_step_metrics_ms(setup, cfg, device, reps: int) -> list[float]:
         targets = ids.reshape(-1)[batch.positions]
         return (logits.max(-1).indices == targets).sum(), split_vector(batch, ids)  # as StepRunner.step
 
-    return interleaved_ms({"metrics": metrics}, reps, sync_for(device))["metrics"]
+    return interleaved_ms({"metrics": metrics}, reps, synchronizer(device))["metrics"]
 
 
 # --- report -------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated: " + ", ".join(CONFIGS))
     p.add_argument("--only", choices=("throughput", "masking", "logging"), help="run one part only")
@@ -350,6 +334,41 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(args.configs.split(",")) - set(CONFIGS))
     if unknown:
         p.error(f"unknown config {', '.join(unknown)}: choose from {', '.join(CONFIGS)}")
+    return args
+
+
+def print_throughput(rows: list[dict], device, args) -> None:
+    print(f"\nThroughput, tokens/s (median of alternating rounds of {args.steps} steps; "
+          f"{device}, {torch.get_num_threads()} threads, torch {torch.__version__})\n")
+    print("| config | HF BertForMaskedLM (best setting) | mlmlab (defaults) | ratio | target | rounds |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        shape = f"d{r['d_model']} L{r['n_layers']} H{r['n_heads']} ff{r['d_ff']}, {r['batch_size']}x{r['seq_len']}"
+        print(f"| {r['config']} ({shape}) | {r['hf_tokens_per_s']:,.0f} ({r['hf_setting']}) | "
+              f"{r['mlmlab_tokens_per_s']:,.0f} ({r['mlmlab_setting']}) | {r['ratio']:.2f}x | {r['target']}x | "
+              f"{r['rounds_used']} {'clean' if r['clean'] else 'all (too few clean)'} |")
+
+
+def print_masking(rows: list[dict]) -> None:
+    print("\nMasking, ms per batch (median of interleaved calls; p10 in brackets)\n")
+    print("| batch | reference (Bernoulli, overlapping groups) | mlmlab (exact split) |")
+    print("|---|---|---|")
+    for r in rows:
+        print(f"| {r['batch']} | {r['reference_ms']:.3f} ({r['reference_p10_ms']:.3f}) | "
+              f"{r['mlmlab_ms']:.3f} ({r['mlmlab_p10_ms']:.3f}) |")
+
+
+def print_logging(r: dict) -> None:
+    print(f"\nMetric logging (quick preset, {r['precision']}, log_every {r['log_every']}): step "
+          f"{r['step_ms_on']:.1f} ms on vs {r['step_ms_off']:.1f} ms off, A/B overhead {r['overhead_ab']:+.2%} "
+          f"(median paired, {r['rounds_used']} {'clean' if r['clean'] else 'disturbed'} rounds); "
+          f"window + rows + writes outside the step: {r['outside_step_share']:.3%} of step time; "
+          f"accuracy and masking split inside the step: {r['in_step_ms']:.3f} ms = {r['in_step_share']:.3%}; "
+          f"total {r['outside_step_share'] + r['in_step_share']:.3%}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -364,35 +383,14 @@ def main(argv: list[str] | None = None) -> int:
             return 2
 
     if args.only in (None, "throughput"):
-        rows = [throughput(name, CONFIGS[name], device, args) for name in args.configs.split(",")]
-        report["throughput"] = rows
-        print(f"\nThroughput, tokens/s (median of alternating rounds of {args.steps} steps; "
-              f"{device}, {torch.get_num_threads()} threads, torch {torch.__version__})\n")
-        print("| config | HF BertForMaskedLM (best setting) | mlmlab (defaults) | ratio | target | rounds |")
-        print("|---|---|---|---|---|---|")
-        for r in rows:
-            shape = f"d{r['d_model']} L{r['n_layers']} H{r['n_heads']} ff{r['d_ff']}, {r['batch_size']}x{r['seq_len']}"
-            print(f"| {r['config']} ({shape}) | {r['hf_tokens_per_s']:,.0f} ({r['hf_setting']}) | "
-                  f"{r['mlmlab_tokens_per_s']:,.0f} ({r['mlmlab_setting']}) | {r['ratio']:.2f}x | {r['target']}x | "
-                  f"{r['rounds_used']} {'clean' if r['clean'] else 'all (too few clean)'} |")
+        report["throughput"] = [throughput(name, CONFIGS[name], device, args) for name in args.configs.split(",")]
+        print_throughput(report["throughput"], device, args)
     if args.only in (None, "masking"):
-        rows = masking(device, args.masking_reps)
-        report["masking"] = rows
-        print("\nMasking, ms per batch (median of interleaved calls; p10 in brackets)\n")
-        print("| batch | reference (Bernoulli, overlapping groups) | mlmlab (exact split) |")
-        print("|---|---|---|")
-        for r in rows:
-            print(f"| {r['batch']} | {r['reference_ms']:.3f} ({r['reference_p10_ms']:.3f}) | "
-                  f"{r['mlmlab_ms']:.3f} ({r['mlmlab_p10_ms']:.3f}) |")
+        report["masking"] = masking(device, args.masking_reps)
+        print_masking(report["masking"])
     if args.only in (None, "logging"):
-        r = logging_overhead(device, args)
-        report["logging"] = r
-        print(f"\nMetric logging (quick preset, {r['precision']}, log_every {r['log_every']}): step "
-              f"{r['step_ms_on']:.1f} ms on vs {r['step_ms_off']:.1f} ms off, A/B overhead {r['overhead_ab']:+.2%} "
-              f"(median paired, {r['rounds_used']} {'clean' if r['clean'] else 'disturbed'} rounds); "
-              f"window + rows + writes outside the step: {r['outside_step_share']:.3%} of step time; "
-              f"accuracy and masking split inside the step: {r['in_step_ms']:.3f} ms = {r['in_step_share']:.3%}; "
-              f"total {r['outside_step_share'] + r['in_step_share']:.3%}")
+        report["logging"] = logging_overhead(device, args)
+        print_logging(report["logging"])
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 0

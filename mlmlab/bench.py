@@ -25,19 +25,19 @@ datasheet figure.
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import statistics
 import time
-import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from mlmlab.config import ExperimentConfig
-from mlmlab.devices import memory_mb
+from mlmlab.devices import device_name, memory_mb
+from mlmlab.engine.data import no_mask_ids, prepare_data
+from mlmlab.engine.metrics import MetricWindow
+from mlmlab.engine.state import build_state
+from mlmlab.engine.step import StepRunner
 from mlmlab.model import ModelArgs
 
 
@@ -56,7 +56,7 @@ def matmul_peak(device: torch.device, precision: str, seconds: float = 1.0) -> f
     b = torch.randn(n, n, device=device).to(dtype)
     out = torch.empty(n, n, device=device, dtype=dtype)
     flops = 2.0 * n**3
-    sync = _synchronizer(device)
+    sync = synchronizer(device)
     torch.matmul(a, b, out=out)  # warm-up: library initialisation, thread pool, kernel choice
     sync()
     best = 0.0
@@ -73,7 +73,8 @@ def matmul_peak(device: torch.device, precision: str, seconds: float = 1.0) -> f
             return best
 
 
-def _synchronizer(device: torch.device) -> Callable[[], None]:
+def synchronizer(device: torch.device) -> Callable[[], None]:
+    """Waits for the device's queued work (CUDA and MPS run asynchronously; a CPU does not)."""
     if device.type == "cuda":
         return lambda: torch.cuda.synchronize(device)
     if device.type == "mps":
@@ -95,7 +96,7 @@ class StepTimer:
             event.record()
             self.marks.append(event)
         else:
-            _synchronizer(self.device)()  # MPS is asynchronous too; CPU steps are already synchronous
+            synchronizer(self.device)()  # MPS is asynchronous too; CPU steps are already synchronous
             self.marks.append(time.perf_counter())
 
     def seconds(self) -> list[float]:
@@ -110,8 +111,8 @@ class BenchSetup:
     """Everything a timed step needs, built exactly as a training run builds it."""
 
     cfg: ExperimentConfig
-    runner: object  # training.StepRunner
-    window: object  # training._Window
+    runner: StepRunner
+    window: MetricWindow
     device: torch.device
     precision: str
     n_params: int
@@ -120,21 +121,9 @@ class BenchSetup:
 
 def build_setup(cfg: ExperimentConfig, device: torch.device, precision: str, train_ids: torch.Tensor,
                 vocab_size: int, no_mask_ids: torch.Tensor | None = None) -> BenchSetup:
-    from mlmlab.data import WindowSampler
-    from mlmlab.training import StepRunner, _Window, build_optimizer, maybe_compile, model_args
-    from mlmlab.model import MaskedLM
-
-    torch.manual_seed(cfg.train.seed)
-    args = model_args(cfg, vocab_size)
-    model = MaskedLM(args).to(device)
-    optimizer = build_optimizer(model, cfg, device)
-    data_gen = torch.Generator(device).manual_seed(cfg.train.seed * 1000 + 17)
-    mask_gen = torch.Generator(device).manual_seed(cfg.train.seed * 1000 + 29)
-    sampler = WindowSampler(train_ids.to(device), data_gen)
-    compiled = maybe_compile(model, cfg, device)
-    runner = StepRunner(model, optimizer, cfg, device, precision, sampler, mask_gen, no_mask_ids, compiled=compiled)
-    model.train()
-    return BenchSetup(cfg, runner, _Window(device, cfg.train.skip_nonfinite), device, precision, model.n_params(), args)
+    state = build_state(cfg, device, precision, train_ids, vocab_size, no_mask_ids)
+    window = MetricWindow(device, cfg.train.skip_nonfinite)
+    return BenchSetup(cfg, state.runner, window, device, precision, state.model.n_params(), state.model.args)
 
 
 def time_steps(setup: BenchSetup, steps: int, first_step: int = 0) -> list[float]:
@@ -151,18 +140,15 @@ def time_steps(setup: BenchSetup, steps: int, first_step: int = 0) -> list[float
 def run_bench(cfg: ExperimentConfig, device: torch.device, precision: str, *, steps: int = 30, warmup: int = 5,
               measure_peak: bool = True) -> dict:
     """Warm up, time `steps` training steps, and return the figures `mlmlab bench` prints."""
-    from mlmlab.training import prepare_data
-
     cfg = cfg.with_overrides({"train.short_seq_len": 0, "train.short_seq_steps": 0})
     data = prepare_data(cfg)
     tok = data.tokenizer
-    no_mask = torch.tensor(tok.ids_of(cfg.mask.no_mask_tokens), dtype=torch.long, device=device)
-    setup = build_setup(cfg, device, precision, data.train_ids, tok.vocab_size, no_mask if no_mask.numel() else None)
+    setup = build_setup(cfg, device, precision, data.train_ids, tok.vocab_size, no_mask_ids(tok, cfg, device))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
     time_steps(setup, warmup)
-    _synchronizer(device)()
+    synchronizer(device)()
     warmup_s = time.perf_counter() - started
     # Start past the warm-up of the lr schedule so the timed steps are ordinary steps.
     per_step = time_steps(setup, steps, first_step=max(warmup, cfg.train.warmup_steps))
@@ -172,6 +158,8 @@ def run_bench(cfg: ExperimentConfig, device: torch.device, precision: str, *, st
     tokens_per_s = tokens_per_step * len(per_step) / total
     fpt = flops_per_token(setup.args, cfg.train.seq_len, cfg.mask.masking_prob)
     ms = sorted(1000 * s for s in per_step)
+    # "inclusive": linear interpolation between the nearest ranks (numpy's default); one step is its own quartiles.
+    p25, _, p75 = statistics.quantiles(ms, n=4, method="inclusive") if len(ms) > 1 else ms * 3
     result = {
         "config": cfg.to_dict(),
         "device": str(device),
@@ -190,8 +178,8 @@ def run_bench(cfg: ExperimentConfig, device: torch.device, precision: str, *, st
         "steps": len(per_step),
         "tokens_per_s": tokens_per_s,
         "step_ms_median": statistics.median(ms),
-        "step_ms_p25": _quantile(ms, 0.25),
-        "step_ms_p75": _quantile(ms, 0.75),
+        "step_ms_p25": p25,
+        "step_ms_p75": p75,
         "step_ms_min": ms[0],
         "step_ms_max": ms[-1],
         "peak_mem_mb": memory_mb(device),
@@ -220,29 +208,6 @@ def attention_path(setup: BenchSetup) -> str:
     return "written out (bf16 batched matmuls and softmax)"
 
 
-def _quantile(sorted_values: list[float], q: float) -> float:
-    if len(sorted_values) == 1:
-        return sorted_values[0]
-    pos = q * (len(sorted_values) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    if device.type == "cpu":
-        try:
-            for line in open("/proc/cpuinfo", encoding="utf-8"):
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-        except OSError:
-            pass
-        return os.uname().machine
-    return device.type
-
-
 def format_report(r: dict) -> str:
     """The human-readable `mlmlab bench` output."""
     m = r["config"]["model"]
@@ -266,170 +231,3 @@ def format_report(r: dict) -> str:
         f"MFU         {mfu}",
     ]
     return "\n".join(lines)
-
-
-class ForeignLoad:
-    """How busy the rest of the machine was during an interval: other processes' CPU time as a
-    share of all cores (Linux /proc/stat; None elsewhere). On a shared machine a round that others
-    disturbed can then be told from a clean one instead of being averaged in."""
-
-    def __init__(self, own_pids: Iterable[int] = ()):
-        self.available = Path("/proc/stat").is_file()
-        self.tick = os.sysconf("SC_CLK_TCK") if self.available else 100
-        self.cpus = os.cpu_count() or 1
-        self.own_pids = list(own_pids)  # worker processes whose CPU time is ours, not foreign
-
-    def _sample(self) -> tuple[float, float, float]:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
-        mine = os.times()
-        return busy / self.tick, mine.user + mine.system + self._workers_cpu(), time.perf_counter()
-
-    def _workers_cpu(self) -> float:
-        total = 0
-        for pid in self.own_pids:
-            try:  # fields 14 and 15 (utime, stime), counted after the ")" that ends the command name
-                total += sum(int(v) for v in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[11:13])
-            except (OSError, ValueError, IndexError):
-                pass
-        return total / self.tick
-
-    def start(self):
-        return self._sample() if self.available else None
-
-    def share(self, started) -> float | None:
-        if started is None:
-            return None
-        busy, mine, now = self._sample()
-        wall = max(now - started[2], 1e-9)
-        return max(0.0, (busy - started[0]) - (mine - started[1])) / (wall * self.cpus)
-
-
-@dataclass
-class Alternation:
-    """Tokens/s per round of each variant, and how busy the rest of the machine was meanwhile."""
-
-    tokens_per_s: dict[str, list[float]]
-    foreign: dict[str, list[float | None]]
-
-    def clean_rounds(self, max_foreign: float = 0.05) -> list[int]:
-        """Rounds in which no variant shared the machine with more than `max_foreign` of its CPU."""
-        n = min(len(v) for v in self.tokens_per_s.values())
-        return [r for r in range(n) if all(f[r] is not None and f[r] <= max_foreign for f in self.foreign.values())]
-
-    def rounds_used(self, min_clean: int = 3, max_foreign: float = 0.05) -> tuple[list[int], bool]:
-        """The clean rounds when there are at least `min_clean` of them, else all (flag: clean?)."""
-        clean = self.clean_rounds(max_foreign)
-        if len(clean) >= min_clean:
-            return clean, True
-        return list(range(min(len(v) for v in self.tokens_per_s.values()))), False
-
-    def median(self, name: str, rounds: list[int]) -> float:
-        return statistics.median(self.tokens_per_s[name][r] for r in rounds)
-
-    def ratio(self, a: str, b: str, rounds: list[int]) -> float:
-        """Median over `rounds` of a's tokens/s ÷ b's in the same round."""
-        return statistics.median(self.tokens_per_s[a][r] / self.tokens_per_s[b][r] for r in rounds)
-
-
-def alternate(variants: dict[str, Callable[[], object]], *, rounds: int, steps: int, tokens_per_step: dict[str, int] | int,
-              sync: Callable[[], None] = lambda: None, log: Callable[[str], None] | None = None) -> Alternation:
-    """Tokens/s of each variant per round, the variants taking turns `rounds` times (A B A B ...).
-
-    On a shared or throttling machine, load drifts; taking turns puts every variant under the same
-    drift, so ratios of per-round figures compare like with like, and rounds that other processes
-    disturbed can be set aside (`Alternation.rounds_used`). Each callable runs one step; an
-    IsolatedStep runs a round's steps in its worker with one message, and its CPU time counts as ours.
-    """
-    result = Alternation({name: [] for name in variants}, {name: [] for name in variants})
-    load = ForeignLoad(v.pid for v in variants.values() if isinstance(v, IsolatedStep))
-    for r in range(rounds):
-        order = list(variants) if r % 2 == 0 else list(reversed(variants))  # no variant always goes first
-        for name in order:
-            step = variants[name]
-            sync()
-            started = load.start()
-            start = time.perf_counter()
-            if isinstance(step, IsolatedStep):
-                step.run(steps)
-            else:
-                for _ in range(steps):
-                    step()
-            sync()
-            tokens = tokens_per_step if isinstance(tokens_per_step, int) else tokens_per_step[name]
-            result.tokens_per_s[name].append(tokens * steps / (time.perf_counter() - start))
-            result.foreign[name].append(load.share(started))
-        if log:
-            log(f"round {r + 1}/{rounds}: " + ", ".join(
-                f"{n} {v[-1]:,.0f}" + (f" (others {result.foreign[n][-1]:.0%})" if result.foreign[n][-1] is not None else "")
-                for n, v in result.tokens_per_s.items()))
-    return result
-
-
-class IsolatedStep:
-    """A training step that lives in its own process: `factory(*args)` builds it there.
-
-    Two contenders in one process disturb each other: after `torch.compile`'s generated kernels
-    have run, Hugging Face's eager step ran 25% slower in the same process on a 2-core CPU (and
-    ours slower beside it), so in-process alternation measured the neighbour, not the contender.
-    Each contender therefore gets a process of its own; `alternate` wakes one at a time over a
-    pipe. `factory` must be importable by name (a module-level function). It returns the step: a
-    callable, which may also have methods for `call` (a trainer's `evaluate`, say).
-    """
-
-    def __init__(self, factory: Callable[..., Callable[[], object]], *args: object):
-        context = multiprocessing.get_context("spawn")
-        self._conn, child = context.Pipe()
-        self._process = context.Process(target=_serve_steps, args=(child, factory, args), daemon=True)
-        self._process.start()
-        child.close()
-        self.pid = self._process.pid
-        self._reply()  # built (or its error raised here)
-
-    def __call__(self) -> None:
-        self.run(1)
-
-    def run(self, steps: int) -> None:
-        """Run `steps` steps in the worker and wait for them (synchronised on CUDA)."""
-        self._conn.send(("run", steps))
-        self._reply()
-
-    def call(self, method: str, *args: object) -> object:
-        """Call a method of the worker's step object and return its (picklable) result."""
-        self._conn.send(("call", method, args))
-        return self._reply()
-
-    def _reply(self) -> object:
-        try:
-            status, detail = self._conn.recv()
-        except EOFError:
-            raise RuntimeError(f"benchmark worker {self.pid} died (exit code {self._process.exitcode})") from None
-        if status == "error":
-            raise RuntimeError(f"benchmark worker {self.pid} failed:\n{detail}")
-        return detail
-
-    def close(self) -> None:
-        if self._process.is_alive():
-            self._conn.send(None)
-            self._process.join(10)
-        if self._process.is_alive():
-            self._process.kill()
-        self._conn.close()
-
-
-def _serve_steps(conn, factory: Callable[..., Callable[[], object]], args: tuple) -> None:
-    try:
-        step = factory(*args)
-        conn.send(("ready", None))
-        while (request := conn.recv()) is not None:
-            result = None
-            if request[0] == "run":
-                for _ in range(request[1]):
-                    step()
-            else:
-                result = getattr(step, request[1])(*request[2])
-            if torch.cuda.is_initialized():
-                torch.cuda.synchronize()
-            conn.send(("done", result))
-    except BaseException:  # noqa: BLE001 - reported to the parent, which raises it
-        conn.send(("error", traceback.format_exc()))

@@ -14,6 +14,8 @@ from pathlib import Path
 from mlmlab.errors import MlmlabError
 
 EXIT_USER_ERROR = 2
+DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps (overrides train.device)"
+TABLE_WIDTH = 100_000  # wider than any table: rows stay one line each, as wide as their cells
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,30 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_db(parser)
     parser.set_defaults(func=cmd_app)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
-
-    run = sub.add_parser("run", help="train a model (headless); the app launches exactly this")
-    run.add_argument("config", nargs="?", help="a TOML preset path or name in experiments/ (default: quick)")
-    run.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config key, e.g. --set train.steps=2000 (repeatable)")
-    run.add_argument("--name", help="run name (default: the preset's name)")
-    run.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (overrides train.device)")
-    run.add_argument("--resume", metavar="RUN", help="continue run RUN (id or name) from its last checkpoint")
-    run.add_argument("--quiet", action="store_true", help="no progress output")
-    add_db(run)
-    run.set_defaults(func=cmd_run)
-
-    bench = sub.add_parser("bench", help="time real training steps: tokens/s, ms/step, memory, MFU (no database)")
-    bench.add_argument("config", nargs="?", help="a TOML preset path or name in experiments/ (default: quick)")
-    bench.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key, e.g. --set model.d_model=256 (repeatable)")
-    bench.add_argument("--steps", type=_positive_int, default=30, metavar="N", help="timed steps (default 30)")
-    bench.add_argument("--warmup", type=_non_negative_int, default=5, metavar="N",
-                       help="untimed warm-up steps first, compilation included (default 5)")
-    bench.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (overrides train.device)")
-    bench.add_argument("--no-peak", dest="peak", action="store_false",
-                       help="skip measuring the matmul peak (and so MFU)")
-    bench.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    bench.set_defaults(func=cmd_bench)
+    add_training_commands(sub)
 
     runs = sub.add_parser("runs", help="list runs")
     runs.add_argument("--json", action="store_true", help="print a JSON list, one object per run")
@@ -70,7 +49,47 @@ def build_parser() -> argparse.ArgumentParser:
     stop.add_argument("run", help="run id or name")
     add_db(stop)
     stop.set_defaults(func=cmd_stop)
+    add_predict_command(sub)
 
+    app = sub.add_parser("app", help="open the terminal app (the default with no command)")
+    add_db(app)
+    app.set_defaults(func=cmd_app)
+    return parser
+
+
+def add_training_commands(sub: argparse._SubParsersAction) -> None:
+    """`run` and `bench`: both train the model a config describes."""
+    run = sub.add_parser("run", help="train a model (headless); the app launches exactly this")
+    add_config_args(run, "train.steps=2000")
+    run.add_argument("--name", help="run name (default: the preset's name)")
+    run.add_argument("--device", help=DEVICE_HELP)
+    run.add_argument("--resume", metavar="RUN", help="continue run RUN (id or name) from its last checkpoint")
+    run.add_argument("--quiet", action="store_true", help="no progress output")
+    run.add_argument("--id-file", type=Path, metavar="PATH",
+                     help="write the run's id to PATH once its row exists (for programs that launch runs)")
+    add_db(run)
+    run.set_defaults(func=cmd_run)
+
+    bench = sub.add_parser("bench", help="time real training steps: tokens/s, ms/step, memory, MFU (no database)")
+    add_config_args(bench, "model.d_model=256")
+    bench.add_argument("--steps", type=_positive_int, default=30, metavar="N", help="timed steps (default 30)")
+    bench.add_argument("--warmup", type=_non_negative_int, default=5, metavar="N",
+                       help="untimed warm-up steps first, compilation included (default 5)")
+    bench.add_argument("--device", help=DEVICE_HELP)
+    bench.add_argument("--no-peak", dest="peak", action="store_false",
+                       help="skip measuring the matmul peak (and so MFU)")
+    bench.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    bench.set_defaults(func=cmd_bench)
+
+
+def add_config_args(parser: argparse.ArgumentParser, example: str) -> None:
+    """A preset and --set overrides of it, as `run` and `bench` take them."""
+    parser.add_argument("config", nargs="?", help="a TOML preset path or name in experiments/ (default: quick)")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override a config key, e.g. --set {example} (repeatable)")
+
+
+def add_predict_command(sub: argparse._SubParsersAction) -> None:
     predict = sub.add_parser("predict", help="ask a checkpoint what belongs at hidden positions of a sentence",
                              description="Braces hide the enclosed text and keep it as the answer ('The {quick} fox'); "
                                          "[MASK] hides one position with no answer; \\{ \\} \\[ \\\\ are literal characters.")
@@ -87,11 +106,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_db(predict)
     predict.set_defaults(func=cmd_predict)
 
-    app = sub.add_parser("app", help="open the terminal app (the default with no command)")
-    add_db(app)
-    app.set_defaults(func=cmd_app)
-    return parser
-
 
 def add_db(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", type=Path, default=argparse.SUPPRESS,
@@ -105,18 +119,20 @@ def db_path(args: argparse.Namespace) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from mlmlab.launcher import new_run, resume_run
+    from mlmlab.ops import new_run, resume_run
     from mlmlab.progress import pick_reporter
-    from mlmlab.training import NonFiniteLoss
+    from mlmlab.engine.trainer import NonFiniteLoss
 
     reporter = pick_reporter(args.quiet)
     try:
         if args.resume:
             if args.config or args.name:
                 raise MlmlabError("--resume takes no CONFIG or --name: the run keeps its own (use --set train.steps=N to extend it)")
-            run_id, status = resume_run(db_path(args), args.resume, args.sets, device=args.device, reporter=reporter)
+            run_id, status = resume_run(db_path(args), args.resume, args.sets, device=args.device, reporter=reporter,
+                                        id_file=args.id_file)
         else:
-            run_id, status = new_run(db_path(args), args.config, args.sets, name=args.name, device=args.device, reporter=reporter)
+            run_id, status = new_run(db_path(args), args.config, args.sets, name=args.name, device=args.device, reporter=reporter,
+                                     id_file=args.id_file)
     except NonFiniteLoss as exc:
         print(f"mlmlab: run failed: {exc}", file=sys.stderr)
         return 1
@@ -178,34 +194,49 @@ def format_runs_table(rows: list[dict]) -> str:
         return "-" if value is None else format(value, spec)
 
     header = ("id", "name", "status", "step", "train loss", "eval loss", "eval acc", "tok/s", "device", "started")
-    lines = [header]
-    for r in rows:
-        lines.append((
-            str(r["id"]), r["name"][:24], r["status"], f"{r['steps']}/{r['total_steps']}",
-            fmt(r["train_loss"], ".3f"), fmt(r["eval_loss"], ".3f"), fmt(r["eval_acc"], ".1%"),
-            fmt(r["tokens_per_s"], ",.0f"), r["device"] or "-", r["started"] or "-",
-        ))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
+    return format_table(header, [(
+        str(r["id"]), r["name"][:24], r["status"], f"{r['steps']}/{r['total_steps']}",
+        fmt(r["train_loss"], ".3f"), fmt(r["eval_loss"], ".3f"), fmt(r["eval_acc"], ".1%"),
+        fmt(r["tokens_per_s"], ",.0f"), r["device"] or "-", r["started"] or "-",
+    ) for r in rows])
+
+
+def format_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    """Left-aligned columns two spaces apart under a header, no borders, never wrapped (scripts cut
+    columns by position); the header is bold on a terminal. Cells are plain text, never markup."""
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 1), header_style="bold")
+    for title in header:
+        table.add_column(Text(title), no_wrap=True)
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in row))
+    buffer, styled = io.StringIO(), sys.stdout.isatty()
+    Console(file=buffer, width=TABLE_WIDTH, force_terminal=styled, color_system="auto" if styled else None,
+            highlight=False).print(table)
+    return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines())
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from mlmlab.store import ACTIVE, Store, effective_status, signal_stop
+    from mlmlab.ops import stop_run
 
-    with Store(db_path(args)) as store:
-        run = store.find_run(args.run)
-        if effective_status(run) not in ACTIVE:
-            raise MlmlabError(f"run {run['id']} is {effective_status(run)}, not running")
-        store.request_stop(run["id"])
-    signal_stop(run)
-    print(f"asked run {run['id']} to stop; it checkpoints first")
+    outcome = stop_run(db_path(args), args.run)
+    run_id = outcome.run["id"]
+    if not outcome.asked:
+        raise MlmlabError(f"run {run_id} is {outcome.status}, not running", run_id=run_id)
+    print(f"asked run {run_id} to stop; it checkpoints first")
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from mlmlab.notation import parse
-    from mlmlab.prediction import (FILL_ALL, FILL_ITERATIVE, PredictorCache, disagreements, load_predictor,
-                                   use_prediction_threads)
+    from mlmlab.predict.loading import PredictorCache, load_predictor, use_prediction_threads
+    from mlmlab.predict.results import disagreements
+    from mlmlab.vocab import FILL_ALL, FILL_ITERATIVE
 
     if args.top_k < 1:
         raise MlmlabError(f"--top-k must be at least 1, not {args.top_k}")
@@ -246,22 +277,21 @@ def parse_compare(spec: str, run: str) -> tuple[str, int | None]:
 
 def format_prediction(label: str, result) -> str:
     """Plain text for `mlmlab predict`: the filled sentence, then one row per hidden position."""
-    from mlmlab.notation import visible
+    from mlmlab.vocab import token_glyph as visible
 
     lines = [f"{label} · fill {'one at a time, most confident first' if result.mode == 'iterative' else 'all at once'}"]
     lines += [f"note: {note}" for note in result.notes]
     lines += [f"input   {result.masked.notation()}", f"filled  {result.filled}", ""]
     iterative = result.mode == "iterative"
     header = ("pos", "answer", "guess", "", "answer rank (p)", *(["pass"] if iterative else []), "top candidates")
-    rows = [header]
+    rows = []
     for p in result.positions:
         mark = {True: "right", False: "wrong", None: ""}[p.correct]
         rank = f"{p.answer_rank} ({p.answer_probability:.3f})" if p.answer_rank else "-"
         top = "  ".join(f"{visible(c.token)} {c.probability:.3f}" for c in p.top)
         rows.append((str(p.index), visible(p.answer) if p.answer is not None else "?", visible(p.choice), mark, rank,
                      *([str(p.fill_pass)] if iterative else []), top))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+    lines.append(format_table(header, rows))
     if result.n_known:
         loss = f"loss {result.loss:.3f} over {len(result.answered)} answered positions; " if result.loss is not None else ""
         lines += ["", f"{loss}{result.n_correct} of {result.n_known} right"]

@@ -4,11 +4,9 @@ With small heads, written-out attention spends most of its time outside the matr
 splitting heads, softmax passes over memory, merging heads, and batched matmuls with an inner
 dimension of 16. `cpu_attention.cpp` does one (batch, head) pair per thread with every product on
 AVX512-BF16 dot-product instructions and the softmax in registers, reading Q, K and V straight from
-the fused QKV projection and writing gradients straight back in its layout. Forward plus backward,
-per layer, on a 2-core CPU, against the written-out path under torch.compile: 1.3 vs 3.1-3.4 ms at
-64×32 with head_dim 16, 5.3-6.4 vs 12-14 ms at 32×128, 4.4-5.2 vs 8.4 ms at 32×128 with head_dim 32,
-9.7 vs 12.3 ms at 32×128 with head_dim 64 (experiments/README-performance.md). Eager and compiled
-models both call it (see model.py).
+the fused QKV projection and writing gradients straight back in its layout (timings against the
+written-out path: experiments/README-performance.md). Eager and compiled models both call it (see
+model.py).
 
 The kernel is compiled with torch.compile's own C++ toolchain (inductor's code cache, which also
 caches the library on disk), the first time a model needs it. Where that fails, or the CPU lacks

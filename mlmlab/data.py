@@ -15,17 +15,12 @@ import tempfile
 from pathlib import Path
 
 from mlmlab.errors import DataError
+from mlmlab.paths import cache_dir
 
 TEXT_SUFFIXES = {".txt", ".md"}
 BLOCK_CHARS = 1024  # held-out text is chosen in blocks this long, spread through the corpus
 _GOLDEN = 0.6180339887498949
 _SKIP_DIRS = {"test", "tests", "idlelib", "site-packages", "lib2to3", "turtledemo", "__pycache__"}
-
-
-def cache_dir() -> Path:
-    if os.environ.get("MLMLAB_CACHE"):
-        return Path(os.environ["MLMLAB_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mlmlab"
 
 
 def load_corpus(source: str, max_chars: int = 0) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import platform
 import sys
 from pathlib import Path
@@ -40,13 +41,28 @@ def resolve_device(requested: str) -> torch.device:
 
 
 @functools.cache
+def _cpuinfo() -> tuple[str, ...]:
+    """The lines of /proc/cpuinfo, read once (empty where there is none)."""
+    try:
+        return tuple(Path("/proc/cpuinfo").read_text().splitlines())
+    except OSError:
+        return ()
+
+
+@functools.cache
 def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    return frozenset(word for line in text.splitlines() if line.startswith("flags") for word in line.split(":", 1)[1].split())
+    return frozenset(word for line in _cpuinfo() if line.startswith("flags") for word in line.split(":", 1)[1].split())
+
+
+def device_name(device: torch.device) -> str:
+    """What the device is called: the GPU's name, the CPU's model name (or its architecture)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        names = [line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")]
+        return names[0] if names else os.uname().machine
+    return device.type
 
 
 def cpu_has_bf16() -> bool:
@@ -82,12 +98,9 @@ def memory_mb(device: torch.device) -> float:
 
 # glibc's malloc hands a freed block of 128 KB or more back to the OS at once (and trims a free heap
 # top), so every training step took its activations as fresh pages the kernel had to fault in and
-# zero: at 32×128 (d_model 128, 6 layers) 25,800 page faults and 57 ms of system time per 146 ms
-# step. A training process allocates the same sizes every step, so it keeps what it frees: blocks up
-# to 32 MB (glibc's ceiling) come from the heap, and the heap is never trimmed. Compiled steps ran
-# 1.18× faster at 32×128, 1.20× at 64×32 and 1.08× at d_model 256; eager steps, in alternating
-# rounds, 1.29×, 1.12× and 1.14× (experiments/README-performance.md). The price: the process's
-# memory stays at its peak between steps.
+# zero. A training process allocates the same sizes every step, so it keeps what it frees: blocks up
+# to 32 MB (glibc's ceiling) come from the heap, and the heap is never trimmed. The price: the
+# process's memory stays at its peak between steps. Measured gains: experiments/README-performance.md.
 KEEP_FREED_MEMORY = True
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
 

@@ -18,9 +18,12 @@ from mlmlab import checkpoints as ckpt
 from mlmlab.config import RESUMABLE_KEYS, SHAPE_KEYS, ExperimentConfig, build_config, load_config, parse_overrides
 from mlmlab.devices import resolve_device, resolve_precision
 from mlmlab.errors import CheckpointError, ConfigError, MlmlabError, StoreError
-from mlmlab.store import ACTIVE, Store, effective_status
+from mlmlab.store import Store
 from mlmlab.tokenizer import tokenizer_from_dict
-from mlmlab.training import Reporter, SilentReporter, Trainer, prepare_data
+from mlmlab.vocab import ACTIVE
+from mlmlab.engine.data import prepare_data
+from mlmlab.engine.reporting import Reporter, SilentReporter
+from mlmlab.engine.trainer import Trainer
 
 
 @dataclass
@@ -54,8 +57,11 @@ class Distributed:
 
 
 def new_run(db_path: Path, config: str | None, sets: list[str], *, name: str | None, device: str | None,
-            reporter: Reporter | None = None) -> tuple[int | None, str]:
-    """Validate, create the run and train it. Returns (run id, final status)."""
+            reporter: Reporter | None = None, id_file: Path | None = None) -> tuple[int | None, str]:
+    """Validate, create the run and train it. Returns (run id, final status).
+
+    With `id_file`, the run's id is written there once its row and folder exist (see `write_id_file`).
+    """
     cfg = load_config(config, sets)
     if device:
         cfg = cfg.with_overrides({"train.device": device})
@@ -74,17 +80,18 @@ def new_run(db_path: Path, config: str | None, sets: list[str], *, name: str | N
             store.close()
             raise
         run_dir = store.run_dir_for(run_id)
+        write_id_file(id_file, run_id)
     return run_id, _train(cfg, store, run_id, run_dir, data, dev, precision, dist, reporter, None)
 
 
 def resume_run(db_path: Path, ref: str, sets: list[str], *, device: str | None,
-               reporter: Reporter | None = None) -> tuple[int, str]:
+               reporter: Reporter | None = None, id_file: Path | None = None) -> tuple[int, str]:
     """Continue a run from its latest checkpoint; only its length may change."""
     dist = Distributed.from_env()
     with Store(db_path, readonly=True) as store:  # only looks: a wrong --resume changes nothing
         run = store.find_run(ref)
         run["run_dir"] = str(_run_dir(store, run))
-    if effective_status(run) in ACTIVE:
+    if run["status"] in ACTIVE:
         raise StoreError(f"run {run['id']} is still {run['status']} (pid {run['pid']} on {run['host']}); stop it first")
     cfg = _resumed_config(run, sets, device)
     payload = latest_checkpoint(run, reporter)
@@ -106,6 +113,7 @@ def resume_run(db_path: Path, ref: str, sets: list[str], *, device: str | None,
             store.close()
             raise
         ckpt.remove_stale_temp_files(Path(run["run_dir"]))  # half-written files of the killed process
+        write_id_file(id_file, run["id"])
     return run["id"], _train(cfg, store, run["id"], Path(run["run_dir"]), data, dev, precision, dist, reporter, payload)
 
 
@@ -174,5 +182,27 @@ def _train(cfg, store, run_id, run_dir, data, dev, precision, dist, reporter, pa
             store.close()
 
 
+def write_id_file(path: Path | None, run_id: int) -> None:
+    """Tell whoever launched this process (the app) which run it is: the id as text, written to a
+    temporary file and renamed, so a reader never sees half of it. A failure only costs the
+    launcher its log adoption, so it is said in the output and training goes on."""
+    if path is None:
+        return
+    path = Path(path)
+    temp = path.with_name(path.name + ".tmp")
+    try:
+        temp.write_text(f"{run_id}\n", encoding="ascii")
+        os.replace(temp, path)
+    except OSError as exc:
+        print(f"mlmlab: could not write the run id to {path} ({exc.strerror})", file=sys.stderr)
+
+
 def _command_line() -> str:
-    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    """The command as typed, for the run's row; without `--id-file`, which only tells the launcher its id."""
+    args, typed = [], iter(sys.argv[1:])
+    for arg in typed:
+        if arg == "--id-file":
+            next(typed, None)  # and its PATH
+        elif not arg.startswith("--id-file="):
+            args.append(arg)
+    return " ".join([Path(sys.argv[0]).name, *args])

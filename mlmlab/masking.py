@@ -37,9 +37,9 @@ from dataclasses import dataclass
 import torch
 
 from mlmlab.tokenizer import MASK_ID, N_SPECIAL
+from mlmlab.vocab import KIND_KEEP, KIND_MASK, KIND_RANDOM
 
 IGNORE = -100
-KIND_NONE, KIND_MASK, KIND_RANDOM, KIND_KEEP = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class MaskedBatch:
     inputs: torch.Tensor  # (B, T) ids the model sees
     labels: torch.Tensor  # (B, T) original id at chosen positions, IGNORE elsewhere
     positions: torch.Tensor  # (n_chosen,) flat indices into B*T of the chosen positions
-    kinds: torch.Tensor  # (B, T) KIND_* per position, for reporting and display
+    kinds: torch.Tensor  # (B, T) vocab.KIND_* per position, for reporting and display
 
 
 def maskable(ids: torch.Tensor, no_mask_ids: torch.Tensor | None = None) -> torch.Tensor:

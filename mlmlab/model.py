@@ -80,9 +80,8 @@ class SelfAttention(nn.Module):
 
 
 # Under bf16 autocast the residual stream is kept in bf16 as well (weights, optimizer state and the
-# loss stay fp32). It saves a cast before every projection and halves the traffic of every norm and
-# residual add: +10% per step at the seed config, compiled, on a 2-core CPU; held-out accuracy after
-# 1200 quick steps was 49.7% vs 48.9% with an fp32 residual stream (experiments/README-performance.md).
+# loss stay fp32): it saves a cast before every projection and halves the traffic of every norm and
+# residual add, with no loss of held-out accuracy (measured: experiments/README-performance.md).
 BF16_RESIDUAL = True
 
 
@@ -99,11 +98,8 @@ def _cpu_bf16(x: torch.Tensor) -> bool:
 
 # Under CPU bf16 autocast, attention runs in mlmlab/cpu_attention.cpp where it can (head_dim 16, 32
 # or 64, no padding mask, no attention dropout, a CPU with AVX512-BF16, the kernel compiled by
-# cpu_attention.prepare() before training starts). Whole compiled training steps ran 1.05-1.16×
-# faster at 64×32, 1.38× at 32×128 and 1.13× at d_model 256 than with the written-out path; eager
-# steps (the quick preset) 1.13× at 64×32 and 1.05× at 64×64. Eager steps first lost (0.88×) while
-# glibc gave every step fresh pages (devices.keep_freed_memory): the kernel's probabilities are a
-# large new allocation per layer (experiments/README-performance.md).
+# cpu_attention.prepare() before training starts): it beats the written-out path in compiled and
+# eager steps alike (measured: experiments/README-performance.md).
 FUSED_CPU_ATTENTION = True
 
 
@@ -129,11 +125,8 @@ def _math_attention(q, k, v, attn_mask: torch.Tensor | None, dropout: float) -> 
 
 
 # Under torch.compile on a CPU, large GELUs call ATen's own kernel instead of the loop inductor
-# generates for them: alone, ATen's ran forward and backward 1.5-1.9× faster (bf16, 4096×1024, a
-# 2-core AVX-512 CPU). A custom op keeps inductor from decomposing it, but costs its fusions: whole
-# compiled steps ran 1.07× faster with 4M-element GELUs (d_model 256, d_ff 1024, 32×128), 1.00× with
-# 1M and 0.92× with 0.5M (d_ff 256 at 32×128 and 64×32). So only from 2M elements up
-# (experiments/README-performance.md).
+# generates for them. A custom op keeps inductor from decomposing it, but costs its fusions, so it
+# pays only for large GELUs: from 2M elements up (measured: experiments/README-performance.md).
 ATEN_CPU_GELU = True
 ATEN_GELU_MIN_ELEMENTS = 2**21
 

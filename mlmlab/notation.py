@@ -15,10 +15,9 @@ from dataclasses import dataclass, replace
 
 from mlmlab.errors import NotationError
 from mlmlab.tokenizer import MASK as MASK_TEXT  # the tokenizer is plain Python too
-ESCAPABLE = "{}[\\"
+from mlmlab.vocab import MASKED, VISIBLE
 
-# How a position is hidden; the names match the training samples' `tokens` column.
-VISIBLE, MASKED, RANDOM, KEEP = "none", "mask", "random", "keep"
+ESCAPABLE = "{}[\\"
 
 
 @dataclass(frozen=True)
@@ -156,10 +155,3 @@ def parse(text: str, require_mask: bool = True) -> MaskedText:
         raise NotationError("nothing is masked: wrap text in {braces} or write [MASK] where a character is hidden")
     return masked
 
-
-_VISIBLE_WHITESPACE = {" ": "␣", "\n": "⏎", "\t": "⇥"}
-
-
-def visible(token: str) -> str:
-    """A token written so that whitespace can be seen (for tables of candidates)."""
-    return _VISIBLE_WHITESPACE.get(token, token)

@@ -9,7 +9,7 @@ import time
 def pick_reporter(quiet: bool, stream=None):
     stream = stream or sys.stderr
     if quiet:
-        from mlmlab.training import SilentReporter
+        from mlmlab.engine.reporting import SilentReporter
 
         return SilentReporter()
     return BarReporter(stream) if stream.isatty() else LineReporter(stream)

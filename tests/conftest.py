@@ -75,9 +75,18 @@ def sets_args(sets: list[str]) -> list[str]:
     return [arg for s in sets for arg in ("--set", s)]
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses `trained_run` (directly or through another fixture) is slow: it may be the one
+    that trains it. Tests that train on their own carry `@pytest.mark.slow` themselves."""
+    for item in items:
+        if "trained_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, corpus_file):
-    """One tiny completed run shared by read-only tests: (db path, run id)."""
+    """One tiny completed run shared by read-only tests: (db path, run id). Its users are marked slow."""
     db = tmp_path_factory.mktemp("trained") / "mlmlab.db"
     sets = [*TINY_SETS, f"data.source={corpus_file}", "train.steps=60"]
     result = run_cli("run", "--db", str(db), "--quiet", "--name", "shared", *sets_args(sets))

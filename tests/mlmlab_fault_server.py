@@ -33,7 +33,7 @@ import mlmlab.cli  # noqa: E402
 import mlmlab.launcher  # noqa: E402
 import mlmlab.model  # noqa: E402
 import mlmlab.store  # noqa: E402
-import mlmlab.training  # noqa: E402
+import mlmlab.engine.trainer  # noqa: E402
 
 FAULTS = {
     "step": "in a training step, after the forward pass, before backward and the optimizer",
@@ -143,14 +143,14 @@ def install(fault: str | None, hit: int, flushed: str | None) -> None:
 
         store.remove_checkpoint = remove_then
     elif fault == "resume-start":
-        run = mlmlab.training.Trainer.run
+        run = mlmlab.engine.trainer.Trainer.run
 
         def run_then(self):
             if self.resume_from is not None and now():
                 die()
             return run(self)
 
-        mlmlab.training.Trainer.run = run_then
+        mlmlab.engine.trainer.Trainer.run = run_then
     elif fault not in (None, "flushed"):
         raise ValueError(f"unknown fault {fault!r}")
 

@@ -10,10 +10,12 @@ import torch
 
 from conftest import run_cli, sets_args
 
-from mlmlab.bench import Alternation, IsolatedStep, alternate, flops_per_token
+from mlmlab.bench import flops_per_token
+from mlmlab.benchharness import Alternation, IsolatedStep, alternate
 from mlmlab.model import ModelArgs
 
 
+@pytest.mark.slow
 def test_bench_json_has_every_field(tiny_sets, db_path):
     result = run_cli("bench", "--steps", "2", "--warmup", "1", "--json", "--device", "cpu", *sets_args(tiny_sets))
     assert result.returncode == 0, result.stderr
@@ -30,6 +32,7 @@ def test_bench_json_has_every_field(tiny_sets, db_path):
     assert not db_path.exists()  # bench never writes a database
 
 
+@pytest.mark.slow
 def test_bench_prints_a_table(tiny_sets):
     result = run_cli("bench", "--steps", "2", "--warmup", "0", "--no-peak", "--set", "train.precision=fp32",
                      *sets_args(tiny_sets))
@@ -178,11 +181,12 @@ def test_cpu_bf16_attention_matches_sdpa():
     assert (fast.float() - reference).abs().max() < 0.05 * reference.abs().max()
 
 
+@pytest.mark.slow
 def test_a_failed_compilation_falls_back_to_eager(corpus_file):
     """A machine without a working C++ compiler fails at the first compiled call: train eagerly."""
     from mlmlab.bench import build_setup
     from mlmlab.config import load_config
-    from mlmlab.training import prepare_data
+    from mlmlab.engine.data import prepare_data
 
     cfg = load_config("tiny", [f"data.source={corpus_file}", "train.precision=fp32"])
     data = prepare_data(cfg)
@@ -206,7 +210,7 @@ def test_a_failed_compilation_falls_back_to_eager(corpus_file):
 
 def test_compile_auto_pays_only_on_long_cpu_runs():
     from mlmlab.config import load_config
-    from mlmlab.training import compile_decision
+    from mlmlab.engine.step import compile_decision
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert not compile_decision(load_config("quick"), cpu)  # 2 minutes
@@ -220,7 +224,7 @@ def test_compile_auto_pays_only_on_long_cpu_runs():
 def test_cosine_anneals_by_the_time_limit():
     """A time-limited run reaches the cosine floor at its deadline, whichever budget ends first."""
     from mlmlab.config import load_config
-    from mlmlab.training import lr_at
+    from mlmlab.engine.schedule import lr_at
 
     cfg = load_config("quick", ["train.steps=100000", "train.max_minutes=2", "train.warmup_steps=10", "train.lr=1e-3"])
     assert lr_at(5, cfg, 0.0) == pytest.approx(6e-4)  # warm-up is in steps

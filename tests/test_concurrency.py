@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from conftest import REPO, TINY_SETS, sets_args
 from forked import FaultServer
 from mlmlab.errors import StoreError
@@ -106,6 +107,7 @@ def test_four_store_writers_and_a_reader(tmp_path):
     print(f"{N_WRITERS} store writers wrote {sum(counts.values())} metric rows, reader refreshed {reader.refreshes} times, 0 errors")
 
 
+@pytest.mark.slow
 def test_four_runs_train_into_one_database(tmp_path, corpus_file):
     """Four `mlmlab run` commands (forked from one process that imported torch, so that four
     imports do not dominate the test) start together on a database that does not exist yet."""

@@ -85,6 +85,7 @@ def test_corpus_too_short(capsys, tmp_path, db_path):
     assert "too short" in error_of(capsys, "run", "--db", str(db_path), "--set", f"data.source={short}")
 
 
+@pytest.mark.slow
 def test_cli_subprocess_gives_one_line_no_traceback_no_row(db_path, tiny_sets):
     # A database that already exists keeps its runs and gains no row from a rejected run.
     ok = run_cli("run", "--db", str(db_path), "--quiet", *sets_args(tiny_sets + ["train.steps=5"]))
@@ -114,6 +115,30 @@ def test_presets_load_and_seed_matches_reference():
 def test_config_round_trips_through_toml():
     cfg = load_config("seed", ["mask.no_mask_tokens=['\"', '\\n']"])
     assert build_config(parse_toml(to_toml(cfg))) == cfg
+
+
+def test_toml_output_stays_valid_for_any_string(tmp_path):
+    # Carriage returns, other control characters, quotes and backslashes: each must come back as written.
+    tokens = ["\r", "\x00", "\x1b", "\u2028", '"', "\\", "'''", "caf\u00e9"]
+    cfg = build_config({"mask": {"no_mask_tokens": tokens}, "data": {"source": str(tmp_path)}})
+    text = to_toml(cfg)
+    assert build_config(parse_toml(text)) == cfg
+    assert text.startswith("[data]\n") and "\n[train]\n" in text  # one table per section, as presets are written
+
+
+def test_config_errors_carry_the_key_and_value():
+    with pytest.raises(ConfigError) as bad_range:
+        load_config(None, ["train.steps=0"])
+    assert (bad_range.value.key, bad_range.value.value) == ("train.steps", 0)
+    with pytest.raises(ConfigError) as cross:
+        load_config(None, ["model.n_heads=3"])
+    assert (cross.value.key, cross.value.value) == ("model.n_heads", 3)
+    with pytest.raises(ConfigError) as list_entry:
+        load_config(None, ["mask.no_mask_tokens=[1]"])
+    assert list_entry.value.key == "mask.no_mask_tokens" and str(list_entry.value).startswith("mask.no_mask_tokens.0 = ")
+    with pytest.raises(ConfigError) as unknown:
+        load_config(None, ["train.stepz=3"])
+    assert unknown.value.key == "train.stepz"
 
 
 def test_int_accepted_for_float():

@@ -114,6 +114,7 @@ def test_the_model_uses_the_kernel_only_where_it_applies(monkeypatch):
     assert calls == [32, 32]
 
 
+@pytest.mark.slow
 @needs_kernel
 def test_a_compiled_training_step_uses_the_kernel_and_matches_the_written_out_step(monkeypatch):
     model = tiny_model(n_layers=1)
@@ -158,7 +159,7 @@ def test_without_the_kernel_the_model_falls_back_and_says_why(monkeypatch, tmp_p
 def test_a_cpu_bf16_step_runner_says_when_the_kernel_is_missing(monkeypatch):
     from types import SimpleNamespace
 
-    from mlmlab.training import StepRunner
+    from mlmlab.engine.step import StepRunner
 
     model = tiny_model()
     compiled = SimpleNamespace(_orig_mod=model)  # what torch.compile returns, as far as StepRunner looks
@@ -181,7 +182,7 @@ def test_a_cpu_bf16_step_runner_says_when_the_kernel_is_missing(monkeypatch):
 def test_a_step_runner_says_so_while_the_kernel_compiles(monkeypatch):
     import time
 
-    from mlmlab.training import StepRunner
+    from mlmlab.engine.step import StepRunner
 
     model = tiny_model()
     messages = []

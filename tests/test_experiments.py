@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 
 
@@ -19,6 +21,7 @@ def run_script(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_bench_fastpath_measures_items_in_worker_processes(tmp_path):
     out = tmp_path / "fastpath.json"
     result = run_script("bench_fastpath.py", "--items", "no_sync,bf16_residual", "--rounds", "1", "--steps", "1",
@@ -30,6 +33,7 @@ def test_bench_fastpath_measures_items_in_worker_processes(tmp_path):
     assert "| no_sync |" in result.stdout
 
 
+@pytest.mark.slow
 def test_time_to_accuracy_trains_and_scores_in_a_worker(tmp_path, corpus_file):
     out = tmp_path / "tta.json"
     result = run_script("bench_time_to_accuracy.py", "--only", "mlmlab", "--seconds", "2", "--chunk", "1",

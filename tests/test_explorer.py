@@ -14,11 +14,14 @@ from textual.app import App
 from textual.widgets import Input, Select, Static
 from textual.worker import WorkerCancelled
 
-from mlmlab.notation import KEEP, MASKED, RANDOM, parse, visible
+from mlmlab.notation import parse
 from mlmlab.store import Store
-from mlmlab.tui.explorer import (
-    DISAGREE, NEUTRAL, RIGHT, WRONG, MaskedSentence, MaskExplorerScreen, bar, filled_text,
-)
+from mlmlab.tui.explorer.pickers import CheckpointPickers
+from mlmlab.tui.explorer.render import DISAGREE, NEUTRAL, RIGHT, WRONG, filled_text
+from mlmlab.tui.explorer.screen import MaskExplorerScreen
+from mlmlab.tui.explorer.widget import MaskedSentence
+from mlmlab.tui.formatting import bar
+from mlmlab.vocab import KEEP, MASKED, RANDOM, token_glyph
 
 
 class Host(App):
@@ -64,7 +67,7 @@ def test_screen_module_does_not_import_torch():
 def test_bars_and_filled_colours():
     assert bar(0.0, 10) == " " * 10 and bar(1.0, 10) == "█" * 10 and bar(0.5, 10) == "█████     "
     assert bar(1 / 16, 2) == "▏ " and bar(1 / 8, 2) == "▎ "
-    from mlmlab.prediction import Candidate, PositionPrediction, Prediction
+    from mlmlab.predict.results import Candidate, PositionPrediction, Prediction
 
     masked = parse("{ab}[MASK]c")
     positions = (
@@ -115,7 +118,7 @@ async def test_type_toggle_and_read_predictions(trained_run):
                        and len(screen.outcome.primary.prediction.positions[0].top) == 6)
         text = shown(screen, "#primary")
         assert all(f"pos {i}  answer {ch}" in text for i, ch in zip((4, 5, 6), "dog"))
-        guesses = "".join(visible(p.choice) for p in screen.outcome.primary.prediction.positions)
+        guesses = "".join(token_glyph(p.choice) for p in screen.outcome.primary.prediction.positions)
         assert f"filled  the {guesses} ran\n" in text  # whitespace guesses are drawn visibly
 
         # A click on the first character hides it too.
@@ -246,8 +249,9 @@ async def test_runs_started_while_open_appear_in_the_pickers(tmp_path):
         await wait_for(pilot, lambda: "has no checkpoint yet" in shown(screen, "#status"))
         with Store(db) as store:
             store.create_run(name="second", config={"train": {"checkpoint_every": 100}}, vocab={}, total_steps=5)
-        screen._refresh_choices()  # what the screen's 5-second timer calls
-        await pilot.pause()
+        screen.query_one(CheckpointPickers).refresh_choices()  # what the pickers' 5-second timer calls
+        await settle(app)
+        await wait_for(pilot, lambda: "run:2" in [value for _, value in screen.query_one("#compare", Select)._options])
         assert screen.query_one("#run", Select).value == 1  # the choice stays
         compare = [value for _, value in screen.query_one("#compare", Select)._options]
         assert "run:2" in compare

@@ -11,6 +11,7 @@ import errno
 import hashlib
 import os
 import pickle
+import random
 import shutil
 import sqlite3
 import subprocess
@@ -24,13 +25,15 @@ import pytest
 import torch
 
 import mlmlab.checkpoints
-import mlmlab.training
+import mlmlab.engine.schedule
 from conftest import TINY_SETS, run_cli
+from store_helpers import make_v1_database, mark_crashed
 from mlmlab.checkpoints import TEMP_NAME, checkpoint_files, load_checkpoint, step_of
 from mlmlab.cli import main
 from mlmlab.errors import CheckpointError, StoreError
 from mlmlab.model import MaskedLM
-from mlmlab.store import ACTIVE, SCHEMA_VERSION, Store, effective_status, migrations
+from mlmlab.store import SCHEMA_VERSION, Store
+from mlmlab.vocab import ACTIVE
 
 FAST = ["train.steps=12", "train.log_every=2", "train.checkpoint_every=4", "train.eval_every=4", "train.eval_batches=1",
         "train.batch_size=8", "train.seq_len=16", "model.max_seq_len=16", "train.keep_checkpoints=0"]
@@ -103,9 +106,10 @@ def nan_at(monkeypatch, steps: set[int]) -> None:
     monkeypatch.setattr(MaskedLM, "forward", poisoned)
 
 
+@pytest.mark.slow
 def test_huge_learning_rate_fails_naming_step_and_checkpoint(capsys, db_path, sets, monkeypatch):
-    lr_at = mlmlab.training.lr_at
-    monkeypatch.setattr(mlmlab.training, "lr_at", lambda step, cfg, *rest: 1e30 if step >= 5 else lr_at(step, cfg, *rest))
+    lr_at = mlmlab.engine.schedule.lr_at
+    monkeypatch.setattr(mlmlab.engine.schedule, "lr_at", lambda step, cfg, *rest: 1e30 if step >= 5 else lr_at(step, cfg, *rest))
     code, err = cli(capsys, "run", "--db", str(db_path), "--quiet", sets=sets)
     line = only_line(err)
     assert code == 1 and "loss became nan at step 7 (last good checkpoint: step 4)" in line, line
@@ -115,6 +119,7 @@ def test_huge_learning_rate_fails_naming_step_and_checkpoint(capsys, db_path, se
     assert torch.isfinite(load_checkpoint(checkpoint_files(run["run_dir"])[0])["model"]["tok_emb.weight"]).all()
 
 
+@pytest.mark.slow
 def test_nan_between_log_and_checkpoint_is_never_saved(capsys, db_path, sets, monkeypatch):
     nan_at(monkeypatch, {5})  # logs at 4 and 8, checkpoint at 6: the weights at 6 are already NaN
     code, err = cli(capsys, "run", "--db", str(db_path), "--quiet",
@@ -125,6 +130,7 @@ def test_nan_between_log_and_checkpoint_is_never_saved(capsys, db_path, sets, mo
     assert run["status"] == "failed" and checkpoint_files(run["run_dir"]) == []
 
 
+@pytest.mark.slow
 def test_skip_nonfinite_skips_and_counts(capsys, db_path, sets, monkeypatch):
     nan_at(monkeypatch, {3, 9})
     code, err = cli(capsys, "run", "--db", str(db_path), "--quiet", sets=[*sets, "train.skip_nonfinite=true"])
@@ -140,6 +146,7 @@ def test_skip_nonfinite_skips_and_counts(capsys, db_path, sets, monkeypatch):
 # --- requirement 4: disk and files -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_full_disk_while_checkpointing(capsys, db_path, sets, monkeypatch):
     save, calls = torch.save, {"n": 0}
 
@@ -164,6 +171,7 @@ def test_full_disk_while_checkpointing(capsys, db_path, sets, monkeypatch):
     assert code == 0 and the_run(db_path)["status"] == "completed", err
 
 
+@pytest.mark.slow
 def test_full_disk_on_a_real_tmpfs(capsys, db_path, sets, tmp_path):
     """The same on a real 600 KiB filesystem, where the root may mount one (skipped elsewhere)."""
     folder = db_path.parent / "mlmlab" / "run-1"
@@ -184,6 +192,7 @@ def test_full_disk_on_a_real_tmpfs(capsys, db_path, sets, tmp_path):
         subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
+@pytest.mark.slow
 def test_database_failing_mid_run_keeps_a_rescue_checkpoint(capsys, db_path, sets, monkeypatch):
     add_metrics, calls = Store.add_metrics, {"n": 0}
 
@@ -209,17 +218,26 @@ def test_database_failing_mid_run_keeps_a_rescue_checkpoint(capsys, db_path, set
         assert step_of(rescued[0]) in [c["step"] for c in store.checkpoints(1)]  # the rescue got its row
 
 
-def test_database_deleted_under_a_run_stops_it_loudly(capsys, db_path, sets, monkeypatch):
-    add_samples, calls = Store.add_samples, {"n": 0}
+def after_first_call(monkeypatch, method: str, action) -> None:
+    """Patch `Store.<method>` so that, once its first call has done its work, `action(row_or_rows)` runs."""
+    original, calls = getattr(Store, method), {"n": 0}
 
-    def delete_database(self, rows):
-        add_samples(self, rows)
+    def then_act(self, rows):
+        original(self, rows)
         calls["n"] += 1
-        if calls["n"] == 1:  # after the first evaluation's samples, someone removes the database
-            for path in db_path.parent.glob("mlmlab.db*"):
-                path.unlink()
+        if calls["n"] == 1:
+            action(rows)
 
-    monkeypatch.setattr(Store, "add_samples", delete_database)
+    monkeypatch.setattr(Store, method, then_act)
+
+
+@pytest.mark.slow
+def test_database_deleted_under_a_run_stops_it_loudly(capsys, db_path, sets, monkeypatch):
+    def delete_database(_rows):  # after the first evaluation's samples, someone removes the database
+        for path in db_path.parent.glob("mlmlab.db*"):
+            path.unlink()
+
+    after_first_call(monkeypatch, "add_samples", delete_database)
     code, err = cli(capsys, "run", "--db", str(db_path), "--quiet", sets=sets)
     line = only_line(err)
     assert code == 2 and "was deleted while it was open" in line and "saved a checkpoint at step 4" in line, line
@@ -280,16 +298,9 @@ def test_unwritable_database_folder_and_run_folder(capsys, db_path, sets, traine
     assert_not_active(db_path)
 
 
+@pytest.mark.slow
 def test_run_folder_deleted_during_and_after_a_run(capsys, db_path, sets, monkeypatch):
-    add_checkpoint, calls = Store.add_checkpoint, {"n": 0}
-
-    def delete_folder_once(self, row):
-        add_checkpoint(self, row)
-        calls["n"] += 1
-        if calls["n"] == 1:
-            shutil.rmtree(Path(row["path"]).parent)
-
-    monkeypatch.setattr(Store, "add_checkpoint", delete_folder_once)
+    after_first_call(monkeypatch, "add_checkpoint", lambda row: shutil.rmtree(Path(row["path"]).parent))
     code, err = cli(capsys, "run", "--db", str(db_path), "--quiet", sets=sets)
     assert code == 0, err  # the run goes on, writing its folder again
     with Store(db_path, readonly=True) as store:
@@ -316,10 +327,11 @@ def finished(capsys, db_path, sets) -> Path:
     return Path(the_run(db_path)["run_dir"])
 
 
+@pytest.mark.slow
 def test_truncated_and_corrupt_checkpoints(capsys, db_path, finished):
     newest = finished / "ckpt-00000012.pt"
     newest.write_bytes(newest.read_bytes()[:1000])  # truncated
-    (finished / "ckpt-00000008.pt").write_bytes(os.urandom(4096))  # garbage
+    (finished / "ckpt-00000008.pt").write_bytes(random.Random(8).randbytes(4096))  # garbage, the same each run
     for path in (newest, finished / "ckpt-00000008.pt"):
         with pytest.raises(CheckpointError, match="truncated or corrupt"):
             load_checkpoint(path)
@@ -331,6 +343,7 @@ def test_truncated_and_corrupt_checkpoints(capsys, db_path, finished):
         load_checkpoint(path)
 
 
+@pytest.mark.slow
 def test_only_broken_checkpoints_change_nothing(capsys, db_path, finished):
     for path in checkpoint_files(finished):
         path.write_bytes(path.read_bytes()[:-10])
@@ -349,6 +362,7 @@ class Exploit:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.slow
 def test_pickled_payload_never_runs(capsys, db_path, finished, tmp_path):
     marker = tmp_path / "pwned"
     evil = finished / "ckpt-00000099.pt"
@@ -365,6 +379,7 @@ def test_pickled_payload_never_runs(capsys, db_path, finished, tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_checkpoint_from_another_model_is_one_line(capsys, db_path, finished):
     payload = load_checkpoint(finished / "ckpt-00000012.pt")
     payload["model"] = {k: torch.zeros(3) for k in payload["model"]}
@@ -375,6 +390,7 @@ def test_checkpoint_from_another_model_is_one_line(capsys, db_path, finished):
     assert_not_active(db_path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mutation", ["truncate", "flip"])
 def test_mutated_checkpoint_bytes_load_or_one_line(tmp_path, finished, mutation):
     good = (finished / "ckpt-00000004.pt").read_bytes()
@@ -390,20 +406,6 @@ def test_mutated_checkpoint_bytes_load_or_one_line(tmp_path, finished, mutation)
 
 
 # --- requirement 4: database versions ----------------------------------------------------------------
-
-
-def make_v1_database(path: Path) -> None:
-    """A database as mlmlab with schema version 1 left it, holding one crashed-looking queued run."""
-    from sqlite_utils import Database
-
-    db = Database(path)
-    migrations.apply(db, stop_before="m002_summary_queued_crashed")
-    db.execute("PRAGMA user_version = 1")
-    db["runs"].insert({"name": "old", "status": "queued", "config": "{}", "run_dir": "", "created_at": 1.0,
-                       "heartbeat_at": 1.0, "host": "elsewhere", "total_steps": 10})
-    db["metrics"].insert({"run_id": 1, "step": 1, "tokens": 1, "elapsed": 0.0, "time": 1.0, "name": "train_loss", "value": 2.5})
-    db.conn.commit()
-    db.close()
 
 
 def test_older_database_is_read_as_is_and_migrated_on_write(capsys, tmp_path):
@@ -479,8 +481,8 @@ def test_readonly_store_refuses_every_write(db_path, trained_run):
         attempts = [
             lambda: store.create_run(name="x", config={}, vocab={}, total_steps=1),
             lambda: store.update_run(1, note="x"), lambda: store.finish_run(1, "completed"),
-            lambda: store.mark_crashed(), lambda: store.request_stop(1), lambda: store.set_tags(1, ["x"]),
-            lambda: store.set_note(1, "x"), lambda: store.rename_run(1, "x"), lambda: store.delete_run(1),
+            lambda: mark_crashed(store), lambda: store.request_stop(1), lambda: store.set_tags(1, ["x"]),
+            lambda: store.set_note(1, "x"), lambda: store.update_run(1, name="x"), lambda: store.delete_run(1),
             lambda: store.add_metrics([row]), lambda: store.add_samples([]), lambda: store.remove_checkpoint(1, 20),
             lambda: store.truncate_after(1, 0),
             lambda: store.begin_resume(run, {"step": 0, "path": str(db)}),
@@ -491,7 +493,7 @@ def test_readonly_store_refuses_every_write(db_path, trained_run):
         for sql in ("delete from metrics", "drop table runs", "update runs set name = 'x'", "pragma user_version = 7"):
             with pytest.raises(sqlite3.Error):  # SQL a user types in a read-only view
                 store.db.execute(sql)
-        assert effective_status(store.run(1)) == "crashed"
+        assert store.run(1)["status"] == "crashed"
     assert fingerprint(db) == before
 
 
@@ -530,7 +532,7 @@ def test_state_checks_never_overwrite_a_run_that_moved_on(db_path, monkeypatch):
         stale = store.runs()
         store.finish_run(run_id, "completed")  # it finished after the app read the table
         monkeypatch.setattr(Store, "runs", lambda self: stale)
-        assert store.mark_crashed() == []
+        assert mark_crashed(store) == []
         monkeypatch.undo()
         assert store.run(run_id)["status"] == "completed"
         store.update_run(run_id, status="crashed")
@@ -547,12 +549,12 @@ def test_a_live_local_run_is_not_crashed_by_a_late_heartbeat(db_path):
         with Store(db_path) as store:
             run_id = store.create_run(name="r", config={}, vocab={}, total_steps=1)
             store.update_run(run_id, status="running", pid=live.pid, heartbeat_at=time.time() - 3600)
-            assert effective_status(store.run(run_id)) == "running"  # a long evaluation, not a crash
+            assert store.run(run_id)["status"] == "running"  # a long evaluation, not a crash
     finally:
         live.kill()
         live.wait()
     with Store(db_path, readonly=True) as store:
-        assert effective_status(store.run(run_id)) == "crashed"
+        assert store.run(run_id)["status"] == "crashed"
 
 
 def test_run_folders_are_absolute(tmp_path, monkeypatch):

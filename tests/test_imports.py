@@ -14,7 +14,7 @@ def test_import_contracts():
 
 
 def test_engine_modules_do_not_load_textual():
-    code = ("import sys, mlmlab.config, mlmlab.store, mlmlab.masking, mlmlab.model, mlmlab.training, mlmlab.data, "
+    code = ("import sys, mlmlab.config, mlmlab.store, mlmlab.masking, mlmlab.model, mlmlab.engine.trainer, mlmlab.data, "
             "mlmlab.tokenizer, mlmlab.launcher; bad = [m for m in sys.modules if m.startswith('textual')]; "
             "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
@@ -23,6 +23,14 @@ def test_engine_modules_do_not_load_textual():
 
 def test_config_and_store_do_not_load_torch():
     code = ("import sys, mlmlab.config, mlmlab.store, mlmlab.cli; "
+            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_shared_words_prediction_results_and_messages_do_not_load_torch():
+    """The app, the store and the explorer's screen all read these; none may bring torch with it."""
+    code = ("import sys, mlmlab.vocab, mlmlab.predict.results, mlmlab.tui.messages; "
             "sys.exit(1 if 'torch' in sys.modules else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from mlmlab.masking import IGNORE, KIND_KEEP, KIND_MASK, KIND_NONE, KIND_RANDOM, mask_tokens, realised_split
+from mlmlab.masking import IGNORE, mask_tokens, realised_split
+from mlmlab.vocab import KIND_KEEP, KIND_MASK, KIND_NONE, KIND_RANDOM
 from mlmlab.tokenizer import MASK_ID, N_SPECIAL, PAD_ID, UNK_ID
 
 VOCAB = 60

@@ -13,10 +13,6 @@ from hypothesis import strategies as st
 
 from mlmlab.masking import (
     IGNORE,
-    KIND_KEEP,
-    KIND_MASK,
-    KIND_NONE,
-    KIND_RANDOM,
     _first_true,
     _first_true_by_count,
     mask_tokens,
@@ -25,6 +21,7 @@ from mlmlab.masking import (
     realised_split,
 )
 from mlmlab.tokenizer import MASK_ID, N_SPECIAL, PAD_ID, UNK_ID
+from mlmlab.vocab import KIND_KEEP, KIND_MASK, KIND_NONE, KIND_RANDOM
 
 VOCAB = 40
 

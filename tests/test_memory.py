@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mlmlab import devices
-from mlmlab.training import StepRunner
+from mlmlab.engine.step import StepRunner
 
 GLIBC_LINUX = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
 

@@ -12,12 +12,13 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from mlmlab.errors import CheckpointError, MlmlabError, NotationError, StoreError
-from mlmlab.notation import KEEP, MASKED, RANDOM, VISIBLE, MaskedText, Slot, parse
-from mlmlab.prediction import (
-    FILL_ITERATIVE, Predictor, PredictorCache, disagreements, load_predictor, resolve_checkpoint,
-)
+from mlmlab.notation import MaskedText, Slot, parse
+from mlmlab.predict.loading import PredictorCache, load_predictor, resolve_checkpoint
+from mlmlab.predict.predictor import Predictor
+from mlmlab.predict.results import disagreements
 from mlmlab.store import Store
 from mlmlab.tokenizer import MASK_ID, N_SPECIAL, UNK
+from mlmlab.vocab import FILL_ITERATIVE, KEEP, MASKED, RANDOM, VISIBLE
 
 # --- notation ------------------------------------------------------------------------------------
 

@@ -7,7 +7,9 @@ import time
 import pytest
 
 from mlmlab.errors import StoreError
-from mlmlab.store import SCHEMA_VERSION, Heartbeat, Store, effective_status
+from mlmlab.store import HEARTBEAT_TIMEOUT_S, SCHEMA_VERSION, Heartbeat, Store
+from mlmlab.store.schema import summary_view
+from store_helpers import make_v1_database, mark_crashed
 
 
 def make_run(store, **fields):
@@ -55,18 +57,18 @@ def test_dead_pid_reads_crashed_and_is_persisted(db_path):
         dead = subprocess.Popen([sys.executable, "-c", "pass"])
         dead.wait()
         run_id = make_run(store, status="running", pid=dead.pid)
-        assert effective_status(store.run(run_id)) == "crashed"
-        assert store.summaries()[0]["status"] == "crashed"
-        assert store.mark_crashed() == [run_id]
         assert store.run(run_id)["status"] == "crashed"
+        assert store.summaries()[0]["status"] == "crashed"
+        assert mark_crashed(store) == [run_id]
+        assert store.run(run_id)["stored_status"] == "crashed"
 
 
 def test_live_run_stays_running_until_heartbeat_times_out(db_path):
     with Store(db_path) as store:
         run_id = make_run(store, status="running", host="elsewhere", heartbeat_at=time.time())
-        assert effective_status(store.run(run_id)) == "running"
+        assert store.run(run_id)["status"] == "running"
         store.update_run(run_id, heartbeat_at=time.time() - 3600)
-        assert effective_status(store.run(run_id)) == "crashed"
+        assert store.run(run_id)["status"] == "crashed"
         assert store.db.execute("select status from run_summary").fetchone()[0] == "crashed"
 
 
@@ -167,3 +169,63 @@ def test_foreign_database_refused(tmp_path):
     conn.close()
     with pytest.raises(StoreError, match="not mlmlab's"):
         Store(path)
+
+
+def test_the_view_and_the_store_share_the_heartbeat_timeout(db_path):
+    with Store(db_path) as store:
+        sql = store.db.execute("select sql from sqlite_master where name = 'run_summary'").fetchone()[0]
+        # A database migrated to this version holds the view as schema.py writes it today: changing
+        # HEARTBEAT_TIMEOUT_S without a migration that recreates the view fails here.
+        assert " ".join(sql.split()) == " ".join(summary_view("'queued', 'running'").split())
+        assert f"unixepoch('now') - {HEARTBEAT_TIMEOUT_S:g} THEN" in sql
+        now = time.time()
+        fresh = make_run(store, status="running", host="elsewhere", heartbeat_at=now - HEARTBEAT_TIMEOUT_S + 30)
+        stale = make_run(store, status="queued", host="elsewhere", heartbeat_at=now - HEARTBEAT_TIMEOUT_S - 30)
+        in_sql = dict(store.db.execute("select id, status from run_summary").fetchall())
+        assert in_sql == {fresh: "running", stale: "crashed"}
+        assert {r["id"]: r["status"] for r in store.runs()} == in_sql
+        assert {r["id"]: r["status"] for r in store.run_states()} == in_sql
+        assert {r["id"]: r["status"] for r in store.summaries()} == in_sql
+        assert store.run(stale)["stored_status"] == "queued"
+
+
+def test_a_schema_1_database_reads_read_only_with_effective_status(tmp_path):
+    db = tmp_path / "old.db"
+    make_v1_database(db)
+    before = db.read_bytes()
+    with Store(db, readonly=True) as store:
+        run = store.find_run("old")
+        assert (run["status"], run["stored_status"]) == ("crashed", "queued")
+        assert store.run(1)["status"] == store.run_lean(1)["status"] == "crashed"
+        assert [s["status"] for s in store.summaries()] == ["crashed"]
+        assert store.db.execute("select status from run_summary").fetchone()[0] == "queued"  # v1's view
+        assert store.series(1, "train_loss") == [(1, 2.5)]
+    assert db.read_bytes() == before
+
+
+def test_run_lean_reads_no_config_or_vocabulary(db_path):
+    with Store(db_path) as store:
+        run_id = make_run(store, status="stopped")
+        store.set_tags(run_id, ["b", "a"])
+        full, lean = store.run(run_id), store.run_lean(run_id)
+        assert "config" not in lean and "vocab" not in lean
+        assert lean == {key: value for key, value in full.items() if key not in ("config", "vocab")}
+        assert lean["tags"] == ["a", "b"]
+        assert store.run_config(run_id) == full["config"] == {"train": {}}
+        with pytest.raises(StoreError, match="not found"):
+            store.run_lean(run_id + 1)
+
+
+def test_the_detail_poll_reads_the_config_only_when_it_may_have_changed(db_path):
+    from mlmlab.tui.reader import DetailRequest, poll_detail
+
+    with Store(db_path) as store:
+        run_id = make_run(store, status="stopped")
+    first = poll_detail(db_path, DetailRequest(run_id, "step", 60))
+    assert first.error is None and first.config == {"train": {}} and "config" not in first.run
+    again = poll_detail(db_path, DetailRequest(run_id, "step", 60, config_key=first.config_key))
+    assert again.config is None and again.config_key == first.config_key  # unchanged: not read
+    with Store(db_path) as store:  # a resume rewrites the config, in a new process
+        store.update_run(run_id, config='{"train": {"steps": 20}}', pid=os.getpid() + 1)
+    resumed = poll_detail(db_path, DetailRequest(run_id, "step", 60, config_key=first.config_key))
+    assert resumed.config == {"train": {"steps": 20}}

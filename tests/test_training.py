@@ -12,6 +12,7 @@ import pytest
 from conftest import mlmlab_cmd, run_cli, sets_args, REPO
 from mlmlab.checkpoints import checkpoint_files, load_checkpoint
 from mlmlab.store import Store
+from store_helpers import metric_names
 
 
 def test_run_writes_everything_and_learns(trained_run):
@@ -22,7 +23,7 @@ def test_run_writes_everything_and_learns(trained_run):
         assert run["config"]["model"]["d_model"] == 32 and run["vocab"]["kind"] == "char"
         eval_loss = [v for _, v in store.series(run_id, "eval_loss")]
         assert len(eval_loss) == 3 and eval_loss[-1] < eval_loss[0]
-        names = set(store.metric_names(run_id))
+        names = set(metric_names(store, run_id))
         for name in ("train_loss", "train_acc", "eval_loss", "eval_acc", "lr", "grad_norm", "tokens_per_s",
                      "step_ms", "mem_mb", "mask_frac", "mask_mask_frac", "mask_random_frac",
                      "mask_unchanged_frac", "mask_special"):
@@ -50,6 +51,7 @@ def test_runs_json_lists_runs(trained_run):
     assert "shared" in table and "completed" in table
 
 
+@pytest.mark.slow
 def test_resume_continues_from_checkpoint(db_path, tiny_sets):
     first = run_cli("run", "--db", str(db_path), "--quiet", *sets_args(tiny_sets))
     assert first.returncode == 0, first.stderr
@@ -76,6 +78,7 @@ def test_resume_continues_from_checkpoint(db_path, tiny_sets):
         assert tokens[-1] == 60 * 16 * 32
 
 
+@pytest.mark.slow
 def test_resume_refuses_finished_run_without_more_steps(db_path, tiny_sets):
     assert run_cli("run", "--db", str(db_path), "--quiet", *sets_args(tiny_sets + ["train.steps=20"])).returncode == 0
     again = run_cli("run", "--db", str(db_path), "--resume", "1")
@@ -110,6 +113,7 @@ def running_step(db_path):
     return runs and runs[0]["status"] == "running" and runs[0]["step"] >= 10 and runs[0]["step"]
 
 
+@pytest.mark.slow
 def test_sigterm_stops_with_checkpoint(db_path, tiny_sets):
     proc = start_run(db_path, tiny_sets + ["train.steps=100000", "train.checkpoint_every=100000"])
     wait_for(lambda: running_step(db_path))
@@ -124,6 +128,7 @@ def test_sigterm_stops_with_checkpoint(db_path, tiny_sets):
     assert load_checkpoint(ckpt["path"])["step"] == run["step"] > 0
 
 
+@pytest.mark.slow
 def test_reader_reads_while_run_writes(db_path, tiny_sets):
     proc = start_run(db_path, tiny_sets + ["train.steps=100000", "train.max_minutes=2"], "--quiet")
     wait_for(lambda: running_step(db_path))
@@ -143,6 +148,7 @@ def test_reader_reads_while_run_writes(db_path, tiny_sets):
     assert seen[-1] > seen[0]  # the reader saw rows arrive while the run was writing
 
 
+@pytest.mark.slow
 def test_max_minutes_ends_run_completed(db_path, tiny_sets):
     result = run_cli("run", "--db", str(db_path), "--quiet", *sets_args(tiny_sets + ["train.steps=1000000", "train.max_minutes=0.05"]))
     assert result.returncode == 0, result.stderr
@@ -152,6 +158,7 @@ def test_max_minutes_ends_run_completed(db_path, tiny_sets):
     assert load_checkpoint(checkpoint_files(run["run_dir"])[-1])["step"] == run["step"]
 
 
+@pytest.mark.slow
 def test_plain_log_lines_when_not_a_terminal(db_path, tiny_sets):
     result = run_cli("run", "--db", str(db_path), *sets_args(tiny_sets + ["train.steps=20"]))
     assert result.returncode == 0
@@ -161,7 +168,7 @@ def test_plain_log_lines_when_not_a_terminal(db_path, tiny_sets):
 @pytest.mark.parametrize("schedule", ["noam", "constant", "cosine"])
 def test_schedules(schedule):
     from mlmlab.config import load_config
-    from mlmlab.training import lr_at
+    from mlmlab.engine.schedule import lr_at
 
     cfg = load_config(None, [f"train.schedule={schedule}", "train.warmup_steps=10", "train.steps=100", "train.lr=1.0"])
     lrs = [lr_at(s, cfg) for s in range(100)]
@@ -171,6 +178,7 @@ def test_schedules(schedule):
         assert lrs[-1] == pytest.approx(0.1, abs=0.01)
 
 
+@pytest.mark.slow
 def test_short_sequence_warmup(db_path, tiny_sets):
     sets = tiny_sets + ["train.steps=20", "train.short_seq_len=8", "train.short_seq_steps=10"]
     result = run_cli("run", "--db", str(db_path), "--quiet", *sets_args(sets))
@@ -186,7 +194,7 @@ def test_short_sequence_warmup(db_path, tiny_sets):
 
 def test_short_length_not_below_seq_len_means_no_warmup():
     from mlmlab.config import load_config
-    from mlmlab.training import seq_len_at
+    from mlmlab.engine.schedule import seq_len_at
 
     cfg = load_config(None, ["train.seq_len=32", "train.short_seq_len=32", "train.short_seq_steps=10"])
     assert seq_len_at(0, cfg) == 32

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 from textual.widgets import DataTable, Input, Select, Static, TextArea
-from tui_helpers import build_app, table_text, wait_for, wait_for_screen
+from tui_helpers import Notifications, build_app, settle, table_text, wait_for, wait_for_screen
 
 from mlmlab.store import Store
 from mlmlab.tui.compare import CompareScreen
@@ -41,8 +41,8 @@ def two_runs(tmp_path_factory, trained_run):
             if row["name"].endswith("loss") and row["value"] is not None:
                 row["value"] *= 2 / 3
         store.add_metrics(rows)
-        for sample in store.samples(1, step=40):
-            store.add_sample({k: v for k, v in sample.items() if k != "id"} | {"run_id": second})
+        store.add_samples([{k: v for k, v in sample.items() if k != "id"} | {"run_id": second}
+                           for sample in store.samples(1, step=40)])
         store.update_run(second, status="completed", step=40, tokens=40 * 16 * 32, elapsed=5.0, device="cpu",
                          started_at=first["started_at"], ended_at=first["ended_at"])
         store.run_dir_for(second).mkdir(parents=True)
@@ -272,7 +272,7 @@ async def test_vanished_run_folder_is_explained(two_runs_copy):
         note = app.screen.query_one("#log-note", Static)
         await wait_for(pilot, lambda: "is gone" in str(note.content), 10, "the note")
         await pilot.press("r")  # resume needs the checkpoint in that folder
-        await pilot.pause(0.5)
+        await settle(pilot)
         assert not app.launches
         assert isinstance(app.screen, RunDetailScreen)
 
@@ -309,7 +309,7 @@ async def test_delete_asks_first_and_removes_rows_and_folder(two_runs_copy):
         await pilot.press("d")
         await wait_for(pilot, lambda: bool(app.screen.query("#ok")), 5, "the confirmation")
         await pilot.press("n")  # no: nothing happens
-        await pilot.pause(0.3)
+        await settle(pilot)
         assert folder.is_dir() and table.row_count == 2
         await pilot.press("d")
         await wait_for(pilot, lambda: bool(app.screen.query("#ok")), 5, "the confirmation")
@@ -335,15 +335,16 @@ async def test_every_key_is_in_the_command_palette(two_runs):
 async def test_mask_explorer_key_never_crashes(two_runs):
     db, _ids = two_runs
     app = build_app(db)
-    async with app.run_test(size=(120, 36)) as pilot:
+    notifications = Notifications()
+    async with app.run_test(size=(120, 36), message_hook=notifications) as pilot:
         await wait_for(pilot, lambda: runs_screen(app).query_one("#runs", DataTable).row_count == 2, 10, "rows")
         await pilot.press("m")
-        await pilot.pause(0.3)
+        await settle(pilot)
         try:
             import mlmlab.tui.explorer  # noqa: F401
         except ImportError:
             assert isinstance(app.screen, RunsScreen)  # not installed: a notification, no screen
-            assert any("not installed" in n.message for n in app._notifications)
+            assert any("not installed" in message for message in notifications.messages)
         else:
             assert not isinstance(app.screen, RunsScreen)
 
@@ -365,7 +366,7 @@ async def test_every_screen_renders_at_small_and_large_sizes(two_runs, size):
         await wait_for_screen(pilot, app, CompareScreen)
         for key in ("g", "u", "p"):
             await pilot.press(key)
-        await pilot.pause(0.3)
+        await settle(pilot)
         await pilot.press("escape", "n")
         await wait_for_screen(pilot, app, NewRunScreen)
         await pilot.resize_terminal(size[0] + 7, size[1] + 3)
@@ -382,7 +383,7 @@ async def test_runs_table_fits_narrow_terminals_and_grows_back(two_runs):
         await wait_for(pilot, lambda: table.row_count == 2, 10, "rows")
         keys = lambda: [column.key.value for column in table.columns.values()]  # noqa: E731
         assert "started" not in keys() and {"id", "name", "status", "progress", "eval_acc"} <= set(keys())
-        await pilot.pause(0.2)
+        await settle(pilot)
         assert table.virtual_size.width <= table.size.width  # nothing to scroll sideways to
         await pilot.resize_terminal(160, 30)
         await wait_for(pilot, lambda: "started" in keys() and table.row_count == 2, 5, "all columns back")
@@ -407,7 +408,7 @@ async def main():
             if app.screen.loaded:
                 break
         assert app.screen.loaded
-    heavy = sorted(m for m in ("torch", "numpy", "mlmlab.training", "mlmlab.model", "pydantic", "plotext") if m in sys.modules)
+    heavy = sorted(m for m in ("torch", "numpy", "mlmlab.engine", "mlmlab.model", "pydantic", "plotext") if m in sys.modules)
     print("HEAVY", heavy)
 
 asyncio.run(main())
@@ -418,5 +419,5 @@ asyncio.run(main())
     assert before == "BEFORE []"  # the first screen is not kept waiting for sqlite-utils (and numpy)
     line = next(line for line in result.stdout.splitlines() if line.startswith("HEAVY"))
     heavy = eval(line.removeprefix("HEAVY "))
-    assert "torch" not in heavy and "mlmlab.training" not in heavy and "mlmlab.model" not in heavy
+    assert "torch" not in heavy and "mlmlab.engine" not in heavy and "mlmlab.model" not in heavy
     assert "plotext" not in heavy and "pydantic" not in heavy  # loaded by the screens that plot or validate

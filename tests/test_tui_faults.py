@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from textual.widgets import DataTable, Static
-from tui_helpers import build_app, run_status, wait_for, wait_for_screen
+from tui_helpers import build_app, run_status, settle, wait_for, wait_for_screen
 
 from mlmlab.store import Store
 from mlmlab.tui.detail import RunDetailScreen
@@ -73,9 +73,9 @@ async def test_tiny_terminal_keeps_working(trained_run, tmp_path):
         await wait_for_screen(pilot, app, RunDetailScreen)
         for key in ("2", "3", "4", "1", "x", "z"):
             await pilot.press(key)
-        await pilot.pause(0.3)
+        await settle(pilot)
         await pilot.press("escape", "n")
-        await pilot.pause(0.3)
+        await settle(pilot)
         await pilot.press("escape")
         await pilot.resize_terminal(120, 35)
         await pilot.pause()

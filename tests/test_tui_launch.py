@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from textual.widgets import DataTable, Input, Log, Select, Static
-from tui_helpers import build_app, run_status, wait_for, wait_for_screen
+from conftest import run_cli, sets_args
+from tui_helpers import Notifications, build_app, run_status, wait_for, wait_for_screen
 
 from mlmlab.config import load_config, to_toml
+from mlmlab.launcher import write_id_file
 from mlmlab.store import Store, pid_alive
 from mlmlab.tui.detail import RunDetailScreen
 from mlmlab.tui.form import NewRunScreen
+from mlmlab.tui.launch import Launch, adopt, launches_dir, read_id_file
 from mlmlab.tui.plots import MetricPlot
+from mlmlab.tui.reader import LOG_NAME
 from mlmlab.tui.runs import RunsScreen
 
 TRAIN_TIMEOUT = 180  # a tiny run takes seconds, but this 2-core machine is shared
@@ -31,6 +36,7 @@ def tiny_toml(tiny_sets: list[str], *extra: str) -> str:
     return to_toml(load_config(None, [*tiny_sets, *extra]))
 
 
+@pytest.mark.slow
 async def test_launch_from_the_form_runs_to_completed(db_path, presets):
     app = build_app(db_path, presets_dir=presets, probe_devices=True)
     async with app.run_test(size=(120, 40)) as pilot:
@@ -67,6 +73,7 @@ async def test_launch_from_the_form_runs_to_completed(db_path, presets):
         assert not detail.query_one("#log-note", Static).display
 
 
+@pytest.mark.slow
 async def test_a_run_outlives_the_app_and_stops_and_resumes_from_it(db_path, tiny_sets):
     first = build_app(db_path)
     async with first.run_test(size=(120, 36)) as pilot:
@@ -102,11 +109,45 @@ async def test_a_run_outlives_the_app_and_stops_and_resumes_from_it(db_path, tin
 
 async def test_a_failed_launch_says_why(db_path, tiny_sets):
     app = build_app(db_path)
-    async with app.run_test(size=(120, 36), notifications=True) as pilot:
+    notifications = Notifications()
+    async with app.run_test(size=(120, 36), notifications=True, message_hook=notifications) as pilot:
         # Valid to the form, but the corpus vanishes before the run reads it.
         source = next(s.split("=", 1)[1] for s in tiny_sets if s.startswith("data.source="))
         config = tiny_toml(tiny_sets).replace(source, source + ".gone")
         app.start_new_run(config, "doomed")
         await wait_for(pilot, lambda: not app.launches, TRAIN_TIMEOUT, "the run to end")
-        messages = [n.message for n in app._notifications]
+        messages = notifications.messages
         assert any("'doomed' failed" in m and "data.source" in m for m in messages), messages
+
+
+def test_a_launch_learns_its_run_from_the_id_file_and_moves_the_log(db_path):
+    with Store(db_path) as store:
+        run_id = store.create_run(name="r", config={}, vocab={}, total_steps=1, make_dir=True)
+        run_dir = Path(store.run(run_id)["run_dir"])
+    folder = launches_dir(db_path)
+    folder.mkdir(parents=True)
+    log = folder / "r.log"
+    log.write_text("$ mlmlab run\n")
+    launch = Launch(process=None, log_path=log, label="r", id_file=folder / "r.id")
+    assert not adopt(launch, db_path) and launch.run_id is None  # the run has not said its id yet
+    (folder / "r.id").write_text("1")  # half of "12": read as it is, never as garbage
+    assert read_id_file(folder / "r.id") == 1
+    write_id_file(launch.id_file, run_id)
+    assert launch.id_file.read_text() == f"{run_id}\n" and not (folder / "r.id.tmp").exists()
+    assert adopt(launch, db_path) and launch.run_id == run_id
+    assert launch.log_path == run_dir / LOG_NAME and launch.log_path.read_text() == "$ mlmlab run\n"
+    assert not log.exists() and not launch.id_file.exists()
+    (folder / "bad.id").write_text("not an id")
+    assert read_id_file(folder / "bad.id") is None and read_id_file(folder / "none.id") is None
+
+
+@pytest.mark.slow
+def test_run_writes_its_id_file_and_keeps_it_out_of_the_recorded_command(db_path, tiny_sets, tmp_path):
+    id_file = tmp_path / "launched.id"
+    result = run_cli("run", "--db", str(db_path), "--quiet", "--id-file", str(id_file),
+                     *sets_args([*tiny_sets, "train.steps=5"]))
+    assert result.returncode == 0, result.stderr
+    assert id_file.read_text() == "1\n"
+    with Store(db_path, readonly=True) as store:
+        command = store.run(1)["command"]
+    assert "--id-file" not in command and str(id_file) not in command and " run --db " in command

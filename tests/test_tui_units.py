@@ -1,4 +1,4 @@
-"""The app's pure parts and the store queries it relies on: formatting, downsampling, log tails, stats."""
+"""The app's pure parts, the store queries it relies on, and how the form marks the field an error names."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from mlmlab.errors import ConfigError
 from mlmlab.store import Store
 from mlmlab.tui.formatting import (bucket_points, config_diff, fmt_duration, progress_text, run_eta, sample_lines,
                                    smooth, status_text)
@@ -147,3 +148,37 @@ def test_run_states_reads_dead_local_pids_as_crashed(db_path):
         store.update_run(run_id, status="running", pid=2**22 + 12345)  # no such process
         assert store.run_states()[0]["status"] == "crashed"
         assert json.loads(store.run_states()[0]["tags"]) == []
+
+
+
+def test_errors_name_the_widget_to_mark():
+    from mlmlab.tui.form import field_id, invalid_widget_id
+
+    assert invalid_widget_id("train.steps") == field_id("train.steps") == "f-train-steps"
+    assert [invalid_widget_id(key) for key in ("name", "device", "preset")] == ["name", "device", "preset"]
+    # Keys no widget shows: a list entry's section key, an unknown key, a whole section, no key at all.
+    assert {invalid_widget_id(key) for key in ("mask.no_mask_tokens", "train.stepz", "data", None)} == {None}
+
+
+async def test_the_form_marks_the_field_from_the_error_key(db_path, monkeypatch):
+    from textual.widgets import Input, Static
+    from tui_helpers import build_app, wait_for, wait_for_screen
+
+    from mlmlab.tui import form as form_module
+
+    app = build_app(db_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("n")
+        await wait_for_screen(pilot, app, form_module.NewRunScreen)
+        form = app.screen
+        await wait_for(pilot, lambda: form.config is not None, 5, "the preset to validate")
+
+        def refuse(*_args, **_kwargs):  # words that name no field: only the key can say which one is wrong
+            raise ConfigError("the learning rate will not do", key="train.lr", value=-1)
+
+        monkeypatch.setattr(form_module.config_module, "load_config", refuse)
+        form.query_one("#f-train-steps", Input).value = "77"
+        await pilot.pause()
+        assert str(form.query_one("#form-error", Static).content) == "the learning rate will not do"
+        assert form.query_one("#f-train-lr", Input).has_class("-invalid")
+        assert not form.query_one("#f-train-steps", Input).has_class("-invalid")

@@ -1,13 +1,19 @@
-"""Helpers for the app's pilot tests: build the app, wait for a condition, read what a screen shows."""
+"""Helpers for the app's pilot tests: build the app, wait for a condition or for its workers, read what
+a screen shows and what the app notified."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 
+from textual.app import App
+from textual.message import Message
+from textual.notifications import Notification, Notify
 from textual.pilot import Pilot
 from textual.widgets import DataTable
+from textual.worker import WorkerCancelled
 
 from mlmlab.tui.app import MlmlabApp, make_app
 
@@ -32,6 +38,39 @@ async def wait_for(pilot: Pilot, condition: Callable[[], object], timeout: float
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what or condition}")
         await pilot.pause(0.1)
+
+
+async def wait_for_workers(app: App) -> None:
+    """Wait until every worker the app has started so far has ended; a cancelled one counts as ended.
+
+    Each is awaited on its own, so one cancelled worker does not cut the wait for the others short.
+    """
+    for worker in list(app.workers):
+        with suppress(WorkerCancelled):
+            await worker.wait()
+
+
+async def settle(pilot: Pilot) -> None:
+    """Let the keys pressed so far start their work, wait for every worker, then let the screen show the result.
+
+    Use before asserting that something did *not* happen: a fixed pause only guesses how long is enough.
+    Not while a worker waits on a dialog or watches a launched run: it would wait for that too.
+    """
+    await pilot.pause()
+    await wait_for_workers(pilot.app)
+    await pilot.pause()
+
+
+class Notifications(list[Notification]):
+    """What the app notified, in order: pass an instance as `run_test(message_hook=...)`."""
+
+    def __call__(self, message: Message) -> None:
+        if isinstance(message, Notify):
+            self.append(message.notification)
+
+    @property
+    def messages(self) -> list[str]:
+        return [notification.message for notification in self]
 
 
 def table_text(table: DataTable) -> list[list[str]]:

@@ -23,8 +23,12 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
-from mlmlab.tui.launch import Launch, adopt_log, last_lines, launch_new, launch_resume
-from mlmlab.tui.reader import LOG_NAME, describe_error, reader
+from mlmlab.tui.launch import Launch, adopt, last_lines, launch_new, launch_resume
+from mlmlab.tui.reader import describe_error, reader
+from mlmlab.vocab import ACTIVE
+
+WRITE_BUSY_TIMEOUT_MS = 5000  # the app's writes wait this long for a training process's transaction
+STOP_WAIT_S = 120.0  # how long a stop waits for a queued run to start running
 
 DEVICE_PROBE = (
     "import json; from mlmlab.devices import available_devices; print(json.dumps(available_devices()))"
@@ -124,10 +128,10 @@ class MlmlabApp(App):
         adopted = launch.run_id is not None
         while launch.process.poll() is None:
             if not adopted:
-                adopted = await self._adopt(launch)
+                adopted = await asyncio.to_thread(adopt, launch, self.db_path)
             await asyncio.sleep(0.3)
         if not adopted:
-            await self._adopt(launch)
+            await asyncio.to_thread(adopt, launch, self.db_path)
         self.launches.pop(launch.pid, None)
         code = launch.process.returncode
         if code == 0:
@@ -138,25 +142,6 @@ class MlmlabApp(App):
             why = tail[0] if tail else f"exit status {code}"
             where = f"run {launch.run_id}" if launch.run_id else f"'{launch.label}'"
             self.say(f"{where} failed: {why}\n(log: {launch.log_path})", "error", timeout=20)
-
-    async def _adopt(self, launch: Launch) -> bool:
-        """Find the run row of a launched process; once its folder exists, move the log there."""
-        found = await asyncio.to_thread(self._run_of_pid, launch.pid, launch.started)
-        if not found:
-            return False
-        launch.run_id = found["id"]
-        return adopt_log(launch, found["run_dir"]) == Path(found["run_dir"]) / LOG_NAME
-
-    def _run_of_pid(self, pid: int, since: float) -> dict | None:
-        try:
-            with reader(self.db_path) as store:
-                rows = store.db.execute(
-                    "select id, run_dir from runs where pid = ? and created_at >= ? order by id desc limit 1",
-                    [pid, since - 5],
-                ).fetchall()
-        except Exception:  # noqa: BLE001 - the database may not exist yet; try again shortly
-            return None
-        return {"id": rows[0][0], "run_dir": rows[0][1]} if rows else None
 
     def _final_status(self, run_id: int | None) -> str:
         if run_id is None:
@@ -172,14 +157,11 @@ class MlmlabApp(App):
     def _write_store(self):
         from mlmlab.store import Store
 
-        return Store(self.db_path, busy_timeout_ms=5000)
+        return Store(self.db_path, busy_timeout_ms=WRITE_BUSY_TIMEOUT_MS)
 
     def _read_run(self, run_id: int) -> dict[str, Any]:
-        from mlmlab.store import effective_status
-
         with reader(self.db_path) as store:
             run = store.run(run_id)
-            run["status"] = effective_status(run)
             checkpoints = store.checkpoints(run_id)
         run.pop("vocab", None)
         run["checkpoint_step"] = checkpoints[-1]["step"] if checkpoints else None
@@ -187,44 +169,32 @@ class MlmlabApp(App):
 
     @work(group="ops", exit_on_error=False, description="stopping a run")
     async def stop_run(self, run_id: int) -> None:
-        message, severity = await asyncio.to_thread(self._stop, run_id)
-        self.say(message, severity)
+        from mlmlab import ops
 
-    def _stop(self, run_id: int, wait_s: float = 120.0) -> tuple[str, str]:
-        import time
-
-        from mlmlab.store import ACTIVE, effective_status, signal_stop
-
-        deadline = time.monotonic() + wait_s
-        with self._write_store() as store:
-            while True:
-                run = store.run(run_id)
-                status = effective_status(run)
-                if status not in ACTIVE:
-                    return f"run {run_id} is {status}, not running", "warning"
-                if status == "running":
-                    break
-                # Queued: its signal handler is not installed yet and `start_run` clears the stop flag.
-                if time.monotonic() > deadline:
-                    return f"run {run_id} is still starting; try again when it runs", "warning"
-                time.sleep(0.25)
-            store.request_stop(run_id)
-        signalled = signal_stop(run)
-        how = "" if signalled else " (on another host: it stops at its next flush)"
-        return f"asked run {run_id} '{run['name']}' to stop: it checkpoints, then ends stopped{how}", "information"
+        outcome = await asyncio.to_thread(ops.stop_run, self.db_path, run_id, wait_while_queued_s=STOP_WAIT_S,
+                                          busy_timeout_ms=WRITE_BUSY_TIMEOUT_MS)
+        if outcome.asked:
+            how = "" if outcome.signalled else " (on another host: it stops at its next flush)"
+            self.say(f"asked run {run_id} '{outcome.run['name']}' to stop: it checkpoints, then ends stopped{how}")
+        elif outcome.status in ACTIVE:
+            self.say(f"run {run_id} is still starting; try again when it runs", "warning")
+        else:
+            self.say(f"run {run_id} is {outcome.status}, not running", "warning")
 
     @work(group="ops", exit_on_error=False, description="resuming a run")
     async def resume_run(self, run_id: int) -> None:
+        from mlmlab import ops
         from mlmlab.tui.modals import ResumeDialog
 
         run = await asyncio.to_thread(self._read_run, run_id)
-        if run["status"] in ("queued", "running"):
+        problem = await asyncio.to_thread(ops.resume_problem, run)  # looks at the disk
+        if problem == ops.STILL_ACTIVE:
             self.say(f"run {run_id} is {run['status']}: nothing to resume", "warning")
             return
-        if not Path(run["run_dir"]).is_dir():
+        if problem == ops.FOLDER_GONE:
             self.say(f"run {run_id}: its folder {run['run_dir']} is gone, so there is no checkpoint to resume from", "error")
             return
-        if run["checkpoint_step"] is None:
+        if problem == ops.NO_CHECKPOINT:
             self.say(f"run {run_id} has no checkpoint to resume from", "error")
             return
         sets = await self.push_screen_wait(ResumeDialog(run))
@@ -238,12 +208,13 @@ class MlmlabApp(App):
 
     @work(group="ops", exit_on_error=False, description="deleting a run")
     async def delete_run(self, run_id: int) -> None:
+        from mlmlab import ops
         from mlmlab.tui.formatting import fmt_tokens
         from mlmlab.tui.modals import ConfirmDialog
         from mlmlab.tui.reader import file_size
 
         run = await asyncio.to_thread(self._read_run, run_id)
-        if run["status"] in ("queued", "running"):
+        if run["status"] in ACTIVE:
             self.say(f"run {run_id} is {run['status']}: stop it (s) before deleting", "warning")
             return
         size = await asyncio.to_thread(file_size, run["run_dir"])
@@ -253,11 +224,7 @@ class MlmlabApp(App):
                 f"This removes its metrics, samples and checkpoints from the database and {folder}. It cannot be undone.")):
             return
 
-        def delete() -> None:
-            with self._write_store() as store:
-                store.delete_run(run_id)
-
-        await asyncio.to_thread(delete)
+        await asyncio.to_thread(ops.delete_run, self.db_path, run_id, busy_timeout_ms=WRITE_BUSY_TIMEOUT_MS)
         self.say(f"deleted run {run_id} '{run['name']}'")
 
     @work(group="ops", exit_on_error=False, description="editing tags and note")

@@ -16,6 +16,7 @@ from mlmlab.tui.plots import Line, MetricPlot
 from mlmlab.tui.reader import (LOWER_IS_BETTER, PLOT_METRICS, SUMMARY_METRICS, CompareRequest, ComparePoll,
                                poll_compare)
 from mlmlab.tui.screens import BACK, HELP, PLOT_KEYS, QUIT, PlotScreen
+from mlmlab.vocab import ACTIVE
 
 METRIC_TITLES = {"train_loss": "train loss", "eval_loss": "eval loss", "eval_acc": "eval accuracy",
                  "lr": "learning rate", "tokens_per_s": "tokens/s", "train_acc": "train accuracy",
@@ -78,7 +79,7 @@ class CompareScreen(PlotScreen):
     # --- reading ---------------------------------------------------------------------------------------
 
     def request(self) -> CompareRequest:
-        active = {i for i, r in self.runs.items() if r["status"] in ("queued", "running")}
+        active = {i for i, r in self.runs.items() if r["status"] in ACTIVE}
         stats_for = sorted(self.stale_stats | active)  # finished runs' figures are read once per chosen step
         self.stale_stats = set()
         plot = self.query_one_optional("#compare-plot", MetricPlot)

@@ -12,11 +12,12 @@ from textual.binding import Binding
 from textual.containers import Grid, VerticalScroll
 from textual.widgets import DataTable, Footer, Log, Static, TabbedContent, TabPane
 
-from mlmlab.tui.formatting import (fmt_duration, fmt_num, fmt_tokens, progress_text, run_duration, run_eta,
-                                   sample_lines, status_text)
+from mlmlab.tui.formatting import (fmt_duration, fmt_num, fmt_tokens, kind_legend, progress_text, run_duration,
+                                   run_eta, sample_lines, status_text)
 from mlmlab.tui.plots import Line, MetricPlot
 from mlmlab.tui.reader import DetailPoll, DetailRequest, poll_detail
-from mlmlab.tui.screens import BACK, HELP, PLOT_KEYS, QUIT, PlotScreen
+from mlmlab.tui.screens import BACK, EXPLORER, HELP, PLOT_KEYS, QUIT, RESUME, STOP, PlotScreen
+from mlmlab.vocab import ACTIVE, CRASHED, FAILED, STOPPED
 
 # plot id -> (title, [(metric, label, colour)], smoothed)
 PLOTS = {
@@ -28,19 +29,19 @@ PLOTS = {
 LOG_LINES = 2000
 GUIDE = """x switches the plots' x axis (step, tokens seen, training time); z cycles smoothing.
 Curves are downsampled in SQL to the plot's width (each bucket keeps its min, max and last point) and then
-extended with new rows only. Samples show what the model saw (▒ = [MASK], yellow = random token,
-underlined = kept) and what it predicted: green right, red wrong, dim = not chosen."""
+extended with new rows only. Samples show what the model saw (▒ = [MASK]; the legend's colours tell
+the mask kinds apart) and what it predicted: green right, red wrong, dim = not chosen."""
 
 
 class RunDetailScreen(PlotScreen):
     GUIDE = GUIDE
     BINDINGS = [
         BACK,
-        Binding("s", "on_run('stop_run')", "Stop"),
-        Binding("r", "on_run('resume_run')", "Resume"),
+        STOP,
+        RESUME,
         Binding("t", "on_run('edit_tags')", "Tags/note"),
         *PLOT_KEYS,
-        Binding("m", "explorer", "Mask explorer"),
+        EXPLORER,
         Binding("1", "tab('plots')", "Plots tab", show=False),
         Binding("2", "tab('samples')", "Samples tab", show=False),
         Binding("3", "tab('log')", "Log tab", show=False),
@@ -58,6 +59,8 @@ class RunDetailScreen(PlotScreen):
         self.sample_step: int | None = None
         self.log_offset = 0
         self.config_json = ""
+        self.config: dict[str, Any] = {}  # read again only when the poll says it changed (a resume)
+        self.config_key: tuple | None = None
 
     def compose(self) -> ComposeResult:
         yield Static(Text(f"run {self.run_id}: reading…", style="dim"), id="detail-head")
@@ -91,7 +94,7 @@ class RunDetailScreen(PlotScreen):
         plot = self.query_one_optional("#plot-loss", MetricPlot)
         buckets = max(60, plot.size.width if plot else 100)  # about one bucket per column of the plot
         return DetailRequest(self.run_id, self.x_axis, buckets, self.book.last_id.get(self.run_id, 0),
-                             self.sample_step, self.log_offset, self.stamp, self.generation)
+                             self.sample_step, self.log_offset, self.stamp, self.generation, self.config_key)
 
     def fetch(self, request: DetailRequest) -> DetailPoll:
         return poll_detail(self.app.db_path, request)
@@ -103,6 +106,8 @@ class RunDetailScreen(PlotScreen):
             banner.update(Text(f"{poll.error}\n(showing what was read before; retrying every second)"))
             return
         self.run, self.summary, self.stamp = poll.run, poll.summary, poll.stamp
+        if poll.config is not None:
+            self.config, self.config_key = poll.config, poll.config_key
         self.update_head()
         if poll.series is not None and poll.request.generation == self.generation:
             self.book.apply(self.run_id, poll.series, poll.request.buckets)
@@ -122,13 +127,13 @@ class RunDetailScreen(PlotScreen):
         if run is None:
             return
         now = time.time()
-        train = run["config"].get("train", {})
+        train = self.config.get("train", {})
         head = Text()
         head.append(f"#{run['id']} ", style="bold")
         head.append(run["name"], style="bold")
         head.append("  ")
         head.append_text(status_text(run["status"]))
-        if run.get("stop_requested") and run["status"] in ("queued", "running"):
+        if run.get("stop_requested") and run["status"] in ACTIVE:
             head.append("  stopping…", style="yellow")
         params = f"{run['n_params'] / 1e6:.2f}M params" if run.get("n_params") else "params -"
         head.append(f"   {run.get('device') or '-'} · {run.get('precision') or '-'} · {params}"
@@ -147,10 +152,10 @@ class RunDetailScreen(PlotScreen):
         head.append(" ".join(run.get("tags") or []) or "-", style="italic")
         head.append("  note ", style="dim")
         head.append((run.get("note") or "-").replace("\n", " ⏎ "), style="italic")
-        if run.get("error") and run["status"] in ("failed", "crashed", "stopped"):
+        if run.get("error") and run["status"] in (FAILED, CRASHED, STOPPED):
             head.append("\n")
             head.append(f"error: {run['error']}", style="bold red")
-        elif run["status"] == "crashed":
+        elif run["status"] == CRASHED:
             head.append("\n")
             head.append("error: the run's process is gone without finishing (killed, out of memory, or the machine "
                         "restarted); r resumes from its last checkpoint", style="bold red")
@@ -169,12 +174,8 @@ class RunDetailScreen(PlotScreen):
         chosen = sum(s["n_chosen"] for s in samples)
         text.append(f"step {samples[0]['step']}: {right} of {chosen} chosen positions right\n", style="bold")
         text.append("legend: ", style="dim")
-        text.append("▒", style="reverse")
-        text.append(" [MASK]  ", style="dim")
-        text.append("x", style="bold yellow")
-        text.append(" random  ", style="dim")
-        text.append("x", style="underline")
-        text.append(" kept  →  ", style="dim")
+        text.append_text(kind_legend())
+        text.append(" →  ", style="dim")
         text.append("right", style="bold green")
         text.append(" ")
         text.append("wrong", style="bold white on red")
@@ -207,12 +208,12 @@ class RunDetailScreen(PlotScreen):
         run = self.run
         if run is None:
             return
-        config_json = json.dumps(run["config"], sort_keys=True)
+        config_json = json.dumps(self.config, sort_keys=True)
         if config_json != self.config_json:
             self.config_json = config_json
             table = self.query_one("#config-table", DataTable)
             table.clear()
-            for key, value in flatten(run["config"]).items():
+            for key, value in flatten(self.config).items():
                 try:
                     about = describe(key)
                 except (KeyError, AttributeError, ValueError):

@@ -50,20 +50,15 @@ def choices(key: str) -> tuple[str, ...] | None:
     return typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else None
 
 
-def preset_paths(extra_folder: Path | None) -> dict[str, Path]:
-    """Preset name -> file, from the app's presets folder, ./experiments and the repository's."""
-    found: dict[str, Path] = {}
-    for folder in (extra_folder, Path("experiments"), config_module.REPO_EXPERIMENTS):
-        if folder and folder.is_dir():
-            for path in sorted(folder.glob("*.toml")):
-                found.setdefault(path.stem, path)
-    return found
+# Form widgets an error may name besides the config fields.
+OTHER_FIELDS = ("name", "device", "preset")
 
 
-def default_presets_folder(app_folder: Path | None) -> Path:
-    if app_folder:
-        return app_folder
-    return Path("experiments") if Path("experiments").is_dir() else config_module.REPO_EXPERIMENTS
+def invalid_widget_id(key: str | None) -> str | None:
+    """The widget to mark for an error about `key` (a `ConfigError.key`), or None when none shows it."""
+    if key in FIELD_KEYS:
+        return field_id(key)
+    return key if key in OTHER_FIELDS else None
 
 
 def shown_value(value: Any) -> str:
@@ -93,7 +88,7 @@ class NewRunScreen(Screen):
         self.config: config_module.ExperimentConfig | None = None
 
     def compose(self) -> ComposeResult:
-        self.presets = preset_paths(self.app.presets_dir)
+        self.presets = config_module.preset_files(self.app.presets_dir)
         preset = "quick" if "quick" in self.presets else next(iter(self.presets), None)
         with VerticalScroll(id="form"):
             yield Static(Text("New run", style="bold"), classes="form-title")
@@ -149,7 +144,7 @@ class NewRunScreen(Screen):
         try:
             cfg = config_module.build_config(config_module.read_toml(path))
         except ConfigError as exc:
-            self.show_error(f"preset {path.name}: {exc}")
+            self.show_error(f"preset {path.name}: {exc}", "preset")
             return
         self.fill(cfg.to_dict())
         self.query_one("#name", Input).value = path.stem
@@ -208,7 +203,7 @@ class NewRunScreen(Screen):
             try:
                 sets += shlex.split(extra)
             except ValueError as exc:
-                raise ConfigError(f"other settings: {exc}") from None
+                raise ConfigError(f"other settings: {exc}", value=extra) from None
         return sets
 
     def validate(self) -> config_module.ExperimentConfig | None:
@@ -220,13 +215,13 @@ class NewRunScreen(Screen):
         try:
             name = self.query_one("#name", Input).value.strip()
             if not name:
-                raise ConfigError("name: give the run a name")
+                raise ConfigError("name: give the run a name", key="name", value=name)
             path = self.preset_path()
             cfg = config_module.load_config(str(path) if path else None, self.overrides())
             self.check_device(cfg.train.device)
         except ConfigError as exc:
             self.config = None
-            self.show_error(str(exc))
+            self.show_error(str(exc), exc.key)
             return None
         self.config = cfg
         self.show_error(None)
@@ -241,19 +236,18 @@ class NewRunScreen(Screen):
         if device == "cuda" and any(i.startswith("cuda") for i in ids):
             return
         if device not in ids:
-            raise ConfigError(f"device {device!r} is not available on this machine (available: {', '.join(['auto'] + ids)})")
+            raise ConfigError(f"device {device!r} is not available on this machine (available: {', '.join(['auto'] + ids)})",
+                              key="device", value=device)
 
-    def show_error(self, message: str | None) -> None:
+    def show_error(self, message: str | None, key: str | None = None) -> None:
+        """The verdict line; `key` names the field at fault, which is marked."""
         self.last_error = message
         box = self.query_one("#form-error", Static)
         box.update(Text(message or "✓ valid: ctrl+l launches", style="" if message else "green"))
         box.set_class(bool(message), "-error")
-        if message:
-            key = message.split(" ", 1)[0].strip("'\"")
-            key = {"name:": "name", "device": "device"}.get(key, key)
-            target = self.query(f"#{field_id(key)}") if key in FIELD_KEYS else self.query(f"#{key}")
-            for widget in target:
-                widget.add_class("-invalid")
+        widget_id = invalid_widget_id(key) if message else None
+        if widget_id:
+            self.query_one(f"#{widget_id}").add_class("-invalid")
 
     @on(Input.Changed)
     @on(Select.Changed)
@@ -285,7 +279,7 @@ class NewRunScreen(Screen):
         if self.validate() is None:
             self.app.say(f"not saved: {self.last_error}", "error")
             return
-        folder = default_presets_folder(self.app.presets_dir)
+        folder = config_module.default_presets_folder(self.app.presets_dir)
         existing = {p.stem for p in folder.glob("*.toml")} if folder.is_dir() else set()
         self.app.push_screen(PresetNameDialog(folder, existing), self.save_preset)
 
@@ -293,7 +287,7 @@ class NewRunScreen(Screen):
         cfg = self.config
         if not name or cfg is None:
             return
-        folder = default_presets_folder(self.app.presets_dir)
+        folder = config_module.default_presets_folder(self.app.presets_dir)
         path = folder / f"{name}.toml"
         source = self.preset_path()
         header = (f"# {name}: saved from the mlmlab app on {time.strftime('%Y-%m-%d %H:%M')}"

@@ -13,15 +13,21 @@ from typing import Any
 
 from rich.text import Text
 
+from mlmlab.vocab import (ACTIVE, COMPLETED, CRASHED, FAILED, KEEP, KIND_LABELS, MASKED, QUEUED, RANDOM, RUNNING,
+                          STOPPED, VISIBLE, token_glyph)
+
 STATUS_STYLES = {
-    "queued": "yellow",
-    "running": "bold green",
-    "completed": "cyan",
-    "stopped": "magenta",
-    "failed": "bold white on red",
-    "crashed": "bold white on dark_red",
+    QUEUED: "yellow",
+    RUNNING: "bold green",
+    COMPLETED: "cyan",
+    STOPPED: "magenta",
+    FAILED: "bold white on red",
+    CRASHED: "bold white on dark_red",
 }
-STATUS_MARKS = {"queued": "◌", "running": "▶", "completed": "✓", "stopped": "■", "failed": "✗", "crashed": "✗"}
+STATUS_MARKS = {QUEUED: "◌", RUNNING: "▶", COMPLETED: "✓", STOPPED: "■", FAILED: "✗", CRASHED: "✗"}
+
+# How a hidden position is drawn wherever mask kinds appear: the run's samples and the explorer.
+KIND_STYLES = {MASKED: "bold white on dark_blue", RANDOM: "bold black on magenta", KEEP: "bold black on cyan"}
 
 # One colour per run in overlaid plots (plotext colour names) and the same colour in Rich legends.
 RUN_COLORS = ["cyan", "orange", "green", "magenta", "blue", "red", "yellow", "white"]
@@ -82,7 +88,7 @@ def fmt_tokens(value: float | None) -> str:
 def run_duration(state: dict[str, Any], now: float | None = None) -> float | None:
     """Training seconds so far; a running run's figure grows between its heartbeats."""
     elapsed = state.get("elapsed") or 0.0
-    if state.get("status") == "running" and state.get("heartbeat_at"):
+    if state.get("status") == RUNNING and state.get("heartbeat_at"):
         now = time.time() if now is None else now
         return elapsed + max(0.0, min(now - state["heartbeat_at"], 60.0))
     return elapsed if state.get("started_at") else None
@@ -90,7 +96,7 @@ def run_duration(state: dict[str, Any], now: float | None = None) -> float | Non
 
 def run_eta(state: dict[str, Any], max_minutes: float = 0.0) -> float | None:
     """Seconds left for an active run: steps left at the rate so far, capped by train.max_minutes."""
-    if state.get("status") not in ("running", "queued"):
+    if state.get("status") not in ACTIVE:
         return None
     step, total, elapsed = state.get("step") or 0, state.get("total_steps") or 0, state.get("elapsed") or 0.0
     if step <= 0 or elapsed <= 0:
@@ -101,32 +107,31 @@ def run_eta(state: dict[str, Any], max_minutes: float = 0.0) -> float | None:
     return eta
 
 
-def visible_token(token: str, chosen: bool = False) -> str:
-    """One printable cell for a token: line breaks and tabs made visible, specials abbreviated.
-
-    At chosen positions a space is shown as ␣ too, so a predicted space is seen, not missed.
-    """
-    if chosen and token == " ":
-        return "␣"
-    return {"\n": "⏎", "\t": "⇥", "[MASK]": "▒", "[PAD]": "·", "[UNK]": "?"}.get(token, token)
+def kind_legend() -> Text:
+    """A swatch per mask kind in its KIND_STYLES colour, for the legends of samples and the explorer."""
+    text = Text()
+    for kind in (MASKED, RANDOM, KEEP):
+        text.append(f" {KIND_LABELS[kind]} ", style=KIND_STYLES[kind])
+        text.append(" ")
+    return text
 
 
 def sample_lines(tokens: Sequence[Sequence[str]]) -> tuple[Text, Text]:
     """(what the model saw, what it predicted) for one sample, as in the reference's `sample()`.
 
-    The input line shows `[MASK]` as ▒ on a reverse background, random replacements in yellow and
-    kept-but-chosen tokens underlined. The output line shows every chosen position's prediction
-    green when right and red when wrong; unmasked positions are dim.
+    The input line draws every chosen position in its mask kind's colour (KIND_STYLES), with `[MASK]`
+    as ▒. The output line shows every chosen position's prediction green when right and red when
+    wrong; unmasked positions are dim.
     """
     seen, predicted = Text(), Text()
     for original, shown, guess, kind in tokens:
-        if kind == "none":
-            seen.append(visible_token(shown), style="dim")
-            predicted.append(visible_token(original), style="dim")
+        if kind == VISIBLE:
+            seen.append(token_glyph(shown, space=False), style="dim")
+            predicted.append(token_glyph(original, space=False), style="dim")
             continue
-        seen.append(visible_token(shown, chosen=True), style={"mask": "reverse", "random": "bold yellow"}.get(kind, "underline"))
+        seen.append(token_glyph(shown), style=KIND_STYLES.get(kind, ""))
         right = guess == original
-        predicted.append(visible_token(guess, chosen=True), style="bold green" if right else "bold white on red")
+        predicted.append(token_glyph(guess), style="bold green" if right else "bold white on red")
     return seen, predicted
 
 

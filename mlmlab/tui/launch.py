@@ -3,9 +3,10 @@
 The run gets its own session (`start_new_session=True`), so closing the app, or Ctrl-C in its
 terminal, never reaches it. Its output goes to a log file. The run's folder exists only once the
 run has created its row, so the log starts in the database's `launches/` folder and is moved into
-the run's folder (`run.log`) as soon as the row appears; the process keeps writing to the same
-open file. We use `subprocess.Popen` rather than asyncio's subprocess transport, which kills a
-still-running child when the event loop closes.
+the run's folder (`run.log`) once the run says its id (`mlmlab run --id-file`, written after the
+row and folder exist); the process keeps writing to the same open file. We use `subprocess.Popen`
+rather than asyncio's subprocess transport, which kills a still-running child when the event loop
+closes.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class Launch:
     log_path: Path
     label: str
     run_id: int | None = None  # known once the run has created its row
-    started: float = 0.0
+    id_file: Path | None = None  # where a new run writes its id
 
     @property
     def pid(self) -> int:
@@ -51,7 +52,7 @@ def _start(args: list[str], log_path: Path, label: str, cwd: Path | None) -> Lau
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, cwd=cwd, env=env, close_fds=True,
         )
-    return Launch(process, log_path, label, started=time.time())
+    return Launch(process, log_path, label)
 
 
 def launch_new(db_path: Path, config_toml: str, name: str, cwd: Path | None = None) -> Launch:
@@ -61,8 +62,11 @@ def launch_new(db_path: Path, config_toml: str, name: str, cwd: Path | None = No
     stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{_safe(name)}"
     config_path = folder / f"{stem}.toml"
     config_path.write_text(config_toml, encoding="utf-8")
-    args = ["run", str(config_path), "--db", str(db_path), "--name", name]
-    return _start(args, folder / f"{stem}.log", name, cwd)
+    id_file = folder / f"{stem}.id"
+    args = ["run", str(config_path), "--db", str(db_path), "--name", name, "--id-file", str(id_file)]
+    launch = _start(args, folder / f"{stem}.log", name, cwd)
+    launch.id_file = id_file
+    return launch
 
 
 def launch_resume(db_path: Path, run_id: int, run_dir: str, sets: list[str], cwd: Path | None = None) -> Launch:
@@ -77,7 +81,33 @@ def launch_resume(db_path: Path, run_id: int, run_dir: str, sets: list[str], cwd
     return launch
 
 
-def adopt_log(launch: Launch, run_dir: str) -> Path:
+def read_id_file(path: Path | None) -> int | None:
+    """The run id a launched run wrote (it renames a complete file into place), or None if not yet."""
+    if path is None:
+        return None
+    try:
+        return int(path.read_text(encoding="ascii"))
+    except (OSError, ValueError):
+        return None
+
+
+def adopt(launch: Launch, db_path: Path) -> bool:
+    """Learn a new run's id from its id file, then move its log into the run's folder. True once done.
+
+    Reads files only: the id file, and the folder's place, which depends on the database path alone.
+    """
+    if launch.run_id is None:
+        launch.run_id = read_id_file(launch.id_file)
+        if launch.run_id is None:
+            return False
+        launch.id_file.unlink(missing_ok=True)
+    from mlmlab.store import run_folder  # sqlite-utils: loaded in a worker thread, not at the app's start
+
+    folder = run_folder(db_path, launch.run_id)
+    return adopt_log(launch, folder) == folder / LOG_NAME
+
+
+def adopt_log(launch: Launch, run_dir: str | Path) -> Path:
     """Move a new run's log into its folder (same file, still being written). Returns its path."""
     target = Path(run_dir) / LOG_NAME
     if launch.log_path == target or not Path(run_dir).is_dir():

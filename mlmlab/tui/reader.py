@@ -201,12 +201,15 @@ class DetailRequest:
     log_offset: int = 0
     stamp: Stamp | None = None  # the run's stamp at the last read; metrics are re-read from 0 if the run restarted
     generation: int = 0  # the screen's plot generation when asked: answers to an older one are dropped
+    config_key: tuple | None = None  # config_key() of the run when its config was last read
 
 
 @dataclass
 class DetailPoll:
     request: DetailRequest
-    run: dict[str, Any] | None = None
+    run: dict[str, Any] | None = None  # the lean row: no config or vocabulary
+    config: dict[str, Any] | None = None  # None: unchanged since config_key
+    config_key: tuple | None = None
     summary: dict[str, Any] | None = None
     stamp: Stamp | None = None
     series: SeriesRead | None = None
@@ -216,17 +219,23 @@ class DetailPoll:
     error: str | None = None
 
 
+def config_key(run: dict[str, Any]) -> tuple:
+    """What changes whenever a run's config may have: only a resume rewrites it, in a new process
+    that then starts (new pid, new start time)."""
+    return (run["pid"], run["started_at"])
+
+
 def poll_detail(db_path: Path, request: DetailRequest) -> DetailPoll:
+    """One second's read of the detail screen; the config is read only when config_key changed."""
     result = DetailPoll(request)
     try:
         with reader(db_path) as store:
-            run = store.run(request.run_id)
-            run.pop("vocab", None)
-            from mlmlab.store import effective_status
-
-            run["status"] = effective_status(run)
+            run = store.run_lean(request.run_id)
             result.run = run
             result.stamp = stamp(run)
+            result.config_key = config_key(run)
+            if result.config_key != request.config_key:
+                result.config = store.run_config(request.run_id)
             summaries = store.summaries([request.run_id])
             result.summary = summaries[0] if summaries else None
             after_id = request.after_id
@@ -270,12 +279,9 @@ def poll_compare(db_path: Path, request: CompareRequest) -> ComparePoll:
     result = ComparePoll(request)
     try:
         with reader(db_path) as store:
-            from mlmlab.store import effective_status
-
             for run_id in request.run_ids:
                 run = store.run(run_id)
                 run.pop("vocab", None)
-                run["status"] = effective_status(run)
                 result.runs[run_id] = run
                 result.series[run_id] = read_series(store, run_id, PLOT_METRICS, request.x_axis, request.buckets,
                                                     request.after_ids.get(run_id, 0))

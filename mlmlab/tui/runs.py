@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from rich.text import Text
@@ -14,109 +12,14 @@ from textual.binding import Binding
 from textual.containers import Center, Horizontal, Vertical
 from textual.widgets import DataTable, Footer, Input, Static
 
-from mlmlab.tui.formatting import fmt_duration, fmt_num, progress_text, run_duration, status_text
 from mlmlab.tui.reader import RunsPoll, Stamp, poll_runs
-from mlmlab.tui.screens import HELP, LiveScreen
+from mlmlab.tui.run_rows import COLUMNS, SORTS, STATUS_FILTERS, RunRow, columns_for
+from mlmlab.tui.screens import EXPLORER, HELP, RESUME, STOP, LiveScreen, next_of
+from mlmlab.vocab import ACTIVE
 
-# (key, header, width): fixed widths so live values never get cut; None grows with the content.
-COLUMNS = [
-    ("mark", " ", 1), ("id", "id", 3), ("name", "name", None), ("status", "status", 11), ("progress", "progress", 19),
-    ("train_loss", "train loss", 10), ("eval_loss", "eval loss", 9), ("eval_acc", "eval acc", 8),
-    ("tok_s", "tok/s", 8), ("duration", "duration", 8), ("device", "device", 6), ("started", "started", 11),
-    ("tags", "tags", None),
-]
-# On a narrow terminal these columns go first, in this order, so the rest fit without scrolling
-# sideways (the run detail still shows all of it).
-DROP_WHEN_NARROW = ["started", "device", "duration", "tags", "train_loss", "tok_s", "eval_loss"]
-GROWING_WIDTH_GUESS = {"name": 10, "tags": 6}
-
-
-def columns_for(width: int) -> list[tuple[str, str, int | None]]:
-    """The COLUMNS that fit `width` cells (each column also takes 2 cells of padding)."""
-    shown = list(COLUMNS)
-    for key in DROP_WHEN_NARROW:
-        needed = sum((w or GROWING_WIDTH_GUESS[k]) + 2 for k, _, w in shown) + 2  # + the scrollbar
-        if needed <= width:
-            break
-        shown = [c for c in shown if c[0] != key]
-    return shown
-
-
-SORTS = ["id", "name", "status", "progress", "eval_loss", "eval_acc", "started"]
-STATUS_FILTERS = {
-    "all": None,
-    "active": {"queued", "running"},
-    "completed": {"completed"},
-    "stopped": {"stopped"},
-    "failed/crashed": {"failed", "crashed"},
-}
 GUIDE = """Runs live in one SQLite database; this table polls it every second, reading only what changed.
 Filter with /: words match name, tags, note and device; status:running, tag:baseline or #baseline narrow further.
 Mark runs with space, then c compares them. Runs train as their own processes: quitting leaves them training."""
-
-
-@dataclass
-class RunRow:
-    """What one table row shows: the lean state (every poll) joined with the summary (when it changed)."""
-
-    state: dict[str, Any]
-    summary: dict[str, Any]
-
-    @property
-    def id(self) -> int:
-        return self.state["id"]
-
-    def sort_key(self, column: str) -> Any:
-        s, m = self.state, self.summary
-        if column == "progress":
-            return s["step"] / s["total_steps"] if s["total_steps"] else 0
-        if column in ("eval_loss", "eval_acc"):
-            value = m.get(column)
-            return (value is None, value if value is not None else 0)
-        if column == "started":
-            return s.get("started_at") or s.get("created_at") or 0
-        return s.get(column) if column in s else m.get(column)
-
-    def matches(self, words: list[str]) -> bool:
-        s = self.state
-        tags = [t.lower() for t in _tags(s)]
-        hay = " ".join([str(s["id"]), s["name"], s["status"], " ".join(tags), s.get("note") or "",
-                        self.summary.get("device") or ""]).lower()
-        for word in words:
-            key, sep, value = word.partition(":")
-            if sep and key == "status":
-                if not s["status"].startswith(value):
-                    return False
-            elif sep and key == "tag" or word.startswith("#"):
-                want = value if sep else word[1:]
-                if not any(t.startswith(want) for t in tags):
-                    return False
-            elif word not in hay:
-                return False
-        return True
-
-    def cells(self, marked: bool, now: float) -> list[Any]:
-        s, m = self.state, self.summary
-        return [
-            Text("●", style="bold yellow") if marked else Text(" "),
-            Text(str(s["id"]), justify="right"),
-            Text(s["name"]),
-            status_text(s["status"]),
-            progress_text(s["step"], s["total_steps"], width=8),
-            Text(fmt_num(m.get("train_loss"), ".3f"), justify="right"),
-            Text(fmt_num(m.get("eval_loss"), ".3f"), justify="right"),
-            Text(fmt_num(m.get("eval_acc"), ".1%"), justify="right"),
-            Text(fmt_num(m.get("tokens_per_s"), ",.0f"), justify="right"),
-            Text(fmt_duration(run_duration(s, now)), justify="right"),
-            Text(m.get("device") or "-"),
-            Text((m.get("started") or "-")[5:16] if m.get("started") else "-"),
-            Text(" ".join(_tags(s)), style="italic"),
-        ]
-
-
-def _tags(state: dict[str, Any]) -> list[str]:
-    tags = state.get("tags") or []
-    return json.loads(tags) if isinstance(tags, str) else tags
 
 
 class RunsScreen(LiveScreen):
@@ -126,12 +29,12 @@ class RunsScreen(LiveScreen):
     BINDINGS = [
         Binding("n", "new_run", "New run"),
         Binding("enter", "open", "Open", priority=True),
-        Binding("s", "on_run('stop_run')", "Stop"),
-        Binding("r", "on_run('resume_run')", "Resume"),
+        STOP,
+        RESUME,
         Binding("d", "on_run('delete_run')", "Delete"),
         Binding("space", "mark", "Mark"),
         Binding("c", "compare", "Compare"),
-        Binding("m", "explorer", "Mask explorer"),
+        EXPLORER,
         Binding("t", "on_run('edit_tags')", "Tags/note", show=False),
         Binding("slash", "filter", "Filter", show=False),
         Binding("f", "status_filter", "Status filter", show=False),
@@ -214,8 +117,7 @@ class RunsScreen(LiveScreen):
                 summary = poll.summaries.get(run_id) or (self.rows[run_id].summary if run_id in self.rows else {})
                 self.rows[run_id] = RunRow(state, summary)
             self.stamps = poll.stamps
-        self.update_table()
-        self.update_chrome()
+        self.redraw()
 
     # --- drawing -----------------------------------------------------------------------------------
 
@@ -225,6 +127,11 @@ class RunsScreen(LiveScreen):
                 if (wanted is None or r.state["status"] in wanted) and r.matches(self.words)]
         rows.sort(key=lambda r: (r.sort_key(self.sort_by), r.id), reverse=self.sort_reverse)
         return [r.id for r in rows]
+
+    def redraw(self) -> None:
+        """The table and the lines around it, after the rows, marks, filter or sort changed."""
+        self.update_table()
+        self.update_chrome()
 
     def update_table(self) -> None:
         table = self.query_one("#runs", DataTable)
@@ -253,7 +160,7 @@ class RunsScreen(LiveScreen):
 
     def update_chrome(self) -> None:
         app = self.app
-        active = sum(1 for r in self.rows.values() if r.state["status"] in ("queued", "running"))
+        active = sum(1 for r in self.rows.values() if r.state["status"] in ACTIVE)
         title = Text()
         title.append(" mlmlab ", style="bold reverse")
         title.append(f" {app.db_path}  ", style="dim")
@@ -330,8 +237,7 @@ class RunsScreen(LiveScreen):
         if run_id is None:
             return
         self.marked ^= {run_id}
-        self.update_table()
-        self.update_chrome()
+        self.redraw()
         table = self.query_one("#runs", DataTable)
         if table.cursor_row < len(self.shown) - 1:
             table.move_cursor(row=table.cursor_row + 1, animate=False)
@@ -361,20 +267,16 @@ class RunsScreen(LiveScreen):
         self.query_one("#runs", DataTable).focus()
 
     def action_status_filter(self) -> None:
-        names = list(STATUS_FILTERS)
-        self.status_filter = names[(names.index(self.status_filter) + 1) % len(names)]
-        self.update_table()
-        self.update_chrome()
+        self.status_filter = next_of(list(STATUS_FILTERS), self.status_filter)
+        self.redraw()
 
     def action_sort(self) -> None:
-        self.sort_by = SORTS[(SORTS.index(self.sort_by) + 1) % len(SORTS)]
-        self.update_table()
-        self.update_chrome()
+        self.sort_by = next_of(SORTS, self.sort_by)
+        self.redraw()
 
     def action_reverse(self) -> None:
         self.sort_reverse = not self.sort_reverse
-        self.update_table()
-        self.update_chrome()
+        self.redraw()
 
     @on(DataTable.HeaderSelected)
     def header_clicked(self, event: DataTable.HeaderSelected) -> None:
@@ -382,5 +284,4 @@ class RunsScreen(LiveScreen):
         if column in SORTS:
             self.sort_reverse = not self.sort_reverse if column == self.sort_by else False
             self.sort_by = column
-            self.update_table()
-            self.update_chrome()
+            self.redraw()

@@ -7,16 +7,17 @@ At most one read is in flight per screen, so a slow or locked database never pil
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 from rich.text import Text
 from textual import on, work
 from textual.binding import Binding
-from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import TabbedContent
 
 from mlmlab.tui.formatting import SMOOTHING, X_AXES, X_LABELS
+from mlmlab.tui.messages import Polled
 from mlmlab.tui.reader import SeriesBook
 
 
@@ -25,17 +26,21 @@ BACK = Binding("escape,backspace", "back", "Back")
 HELP = Binding("question_mark", "help", "Help")
 QUIT = Binding("q", "app.quit", "Quit", show=False)
 PLOT_KEYS = [Binding("x", "x_axis", "X axis"), Binding("z", "smoothing", "Smooth")]
+# Keys that act on the selected run (see LiveScreen.selected_run), the same on every screen that has one.
+STOP = Binding("s", "on_run('stop_run')", "Stop")
+RESUME = Binding("r", "on_run('resume_run')", "Resume")
+EXPLORER = Binding("m", "explorer", "Mask explorer")
+
+T = TypeVar("T")
+
+
+def next_of(options: Sequence[T], current: T) -> T:
+    """The option after `current`, back to the first after the last: what a key that cycles a setting picks."""
+    return options[(options.index(current) + 1) % len(options)]
 
 
 class LiveScreen(Screen):
     GUIDE = ""  # shown under the keys in this screen's help
-
-    class Polled(Message):
-        """What one read found; posted from the worker thread to the screen that asked."""
-
-        def __init__(self, poll: Any) -> None:
-            super().__init__()
-            self.poll = poll
 
     def __init__(self) -> None:
         super().__init__()
@@ -52,7 +57,7 @@ class LiveScreen(Screen):
 
     @work(thread=True, group="poll", exit_on_error=False, description="reading the database")
     def _read(self, request: Any) -> None:
-        self.post_message(self.Polled(self.fetch(request)))
+        self.post_message(Polled(self.fetch(request)))
 
     @on(Polled)
     def _polled(self, message: Polled) -> None:
@@ -129,13 +134,13 @@ class PlotScreen(LiveScreen):
         self.query_one(TabbedContent).active = tab
 
     def action_x_axis(self) -> None:
-        self.x_axis = X_AXES[(X_AXES.index(self.x_axis) + 1) % len(X_AXES)]
+        self.x_axis = next_of(X_AXES, self.x_axis)
         self.generation += 1
         self.book.reset()
         self.update_plot_state()
         self.poll()
 
     def action_smoothing(self) -> None:
-        self.smoothing = SMOOTHING[(SMOOTHING.index(self.smoothing) + 1) % len(SMOOTHING)]
+        self.smoothing = next_of(SMOOTHING, self.smoothing)
         self.update_plot_state()
         self.update_plots()

@@ -1,22 +1,11 @@
-"""Ask a trained checkpoint what belongs at the hidden positions of a sentence.
+"""The torch side of prediction: a checkpoint's model and vocabulary, asked about hidden positions.
 
-Used by `mlmlab predict` and by the app's mask explorer, so both say the same thing:
-
-    ref = resolve_checkpoint(store, "3")                 # latest checkpoint of run 3 (or step=2000)
-    predictor = cache.get(ref.path)                      # loaded once with weights_only=True
-    result = predictor.predict(parse("The {quick} brown fox"), top_k=5)
-
-Probabilities are the model's softmax over its whole vocabulary, exactly what training's loss
-sees, so the loss here is comparable with the run's eval loss. Candidates are listed among real
-tokens only: masking never asks the model to produce [PAD], [MASK] or [UNK].
+The answers are `mlmlab.predict.results` types; `loading` finds checkpoints and caches predictors.
 """
 
 from __future__ import annotations
 
-import math
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,183 +14,12 @@ import torch
 
 from mlmlab.checkpoints import load_checkpoint
 from mlmlab.errors import CheckpointError, MlmlabError, NotationError
-from mlmlab.masking import KIND_KEEP, KIND_MASK, KIND_RANDOM, mask_tokens
+from mlmlab.masking import mask_tokens
 from mlmlab.model import MaskedLM, ModelArgs
-from mlmlab.notation import KEEP, MASKED, RANDOM, MaskedText, Slot
-from mlmlab.store import Store, effective_status
+from mlmlab.notation import MaskedText, Slot
+from mlmlab.predict.results import AttentionMap, Candidate, FillPass, PositionPrediction, Prediction
 from mlmlab.tokenizer import MASK_ID, N_SPECIAL, UNK, UNK_ID, CharTokenizer, tokenizer_from_dict
-
-FILL_ALL, FILL_ITERATIVE = "all", "iterative"
-# One sentence is a few (1, T ≤ 128) matrix products: a second CPU thread saves almost nothing
-# when the machine is idle, and when training runs or tests share the cores, OpenMP threads
-# waiting on each other turned a 3 ms prediction into 50-500 ms (experiments/bench_predict.py).
-PREDICT_THREADS = 1
-_KIND_NAMES = {KIND_MASK: MASKED, KIND_RANDOM: RANDOM, KIND_KEEP: KEEP}
-
-
-# --- which checkpoint ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CheckpointRef:
-    run_id: int
-    run_name: str
-    step: int
-    path: Path
-    eval_loss: float | None = None
-    eval_acc: float | None = None
-
-    @property
-    def label(self) -> str:
-        return f"run {self.run_id} {self.run_name} @ step {self.step}"
-
-
-def resolve_checkpoint(store: Store, run_ref: str | int, step: int | None = None) -> CheckpointRef:
-    """The run's latest checkpoint, or the one at `step`, as the store lists them."""
-    run = store.find_run(run_ref)
-    rows = store.checkpoints(run["id"])
-    name = f"run {run['id']} ({run['name']})"
-    if not rows:
-        every = run["config"].get("train", {}).get("checkpoint_every", "?")
-        raise CheckpointError(
-            f"{name} has no checkpoint yet: it is {effective_status(run)} at step {run['step']}, "
-            f"and writes one every {every} steps"
-        )
-    if step is None:
-        row = rows[-1]
-    else:
-        matches = [r for r in rows if r["step"] == step]
-        if not matches:
-            steps = ", ".join(str(r["step"]) for r in rows)
-            raise CheckpointError(f"{name} has no checkpoint at step {step} (it has: {steps})")
-        row = matches[0]
-    return CheckpointRef(run["id"], run["name"], row["step"], Path(row["path"]), row.get("eval_loss"), row.get("eval_acc"))
-
-
-# --- results -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Candidate:
-    token: str
-    probability: float
-
-
-@dataclass(frozen=True)
-class PositionPrediction:
-    index: int  # position in the sentence (0-based, the whole sentence, not the window)
-    answer: str | None  # the known answer, None for [MASK]
-    shown: str  # what the model saw here: [MASK], a random token, or the character itself
-    kind: str  # MASKED, RANDOM or KEEP
-    top: tuple[Candidate, ...]  # best first
-    answer_rank: int | None = None  # 1 = the model's first choice; None when unknown or not in the vocabulary
-    answer_probability: float | None = None
-    fill_pass: int | None = None  # iterative mode: the pass (1-based) that filled this position
-
-    @property
-    def choice(self) -> str:
-        return self.top[0].token
-
-    @property
-    def correct(self) -> bool | None:
-        return None if self.answer is None else self.choice == self.answer
-
-
-@dataclass(frozen=True)
-class FillPass:
-    """One pass of iterative filling: the position filled and what the model sees afterwards."""
-
-    index: int
-    token: str
-    probability: float
-    inputs: tuple[str, ...]  # the window's tokens after this fill
-
-
-@dataclass(frozen=True)
-class Prediction:
-    masked: MaskedText
-    mode: str
-    positions: tuple[PositionPrediction, ...]
-    window: tuple[int, int]  # [start, end) of the sentence the model read
-    model_input: tuple[str, ...]  # the tokens the model saw in the window, before any filling
-    notes: tuple[str, ...] = ()
-    passes: tuple[FillPass, ...] = ()
-    step: int | None = None
-
-    @property
-    def filled(self) -> str:
-        """The sentence with each hidden position replaced by the model's choice."""
-        chosen = {p.index: p.choice for p in self.positions}
-        return "".join(chosen.get(i, s.answer or "") for i, s in enumerate(self.masked.slots))
-
-    @property
-    def answered(self) -> list[PositionPrediction]:
-        return [p for p in self.positions if p.answer_probability is not None]
-
-    @property
-    def loss(self) -> float | None:
-        """Mean cross-entropy over the positions whose answer is known and in the vocabulary."""
-        answered = self.answered
-        if not answered:
-            return None
-        return sum(-math.log(max(p.answer_probability, 1e-45)) for p in answered) / len(answered)
-
-    @property
-    def n_correct(self) -> int:
-        return sum(bool(p.correct) for p in self.positions)
-
-    @property
-    def n_known(self) -> int:
-        return sum(p.answer is not None for p in self.positions)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "text": self.masked.notation(),
-            "filled": self.filled,
-            "mode": self.mode,
-            "checkpoint": self.step,
-            "loss": self.loss,
-            "correct": self.n_correct,
-            "known": self.n_known,
-            "window": list(self.window),
-            "notes": list(self.notes),
-            "positions": [
-                {
-                    "index": p.index,
-                    "answer": p.answer,
-                    "shown": p.shown,
-                    "prediction": p.choice,
-                    "correct": p.correct,
-                    "answer_rank": p.answer_rank,
-                    "answer_probability": p.answer_probability,
-                    "top_k": [{"token": c.token, "probability": c.probability} for c in p.top],
-                    **({"fill_pass": p.fill_pass} if p.fill_pass is not None else {}),
-                }
-                for p in self.positions
-            ],
-        }
-
-
-@dataclass(frozen=True)
-class AttentionMap:
-    tokens: tuple[str, ...]  # the window's tokens as the model saw them
-    weights: tuple[tuple[float, ...], ...]  # [query][key], each row sums to 1
-    offset: int  # sentence index of the window's first token
-    layer: int | None  # None: averaged over layers
-    head: int | None  # None: averaged over heads
-    n_layers: int
-    n_heads: int
-
-
-def disagreements(a: Prediction, b: Prediction) -> list[int]:
-    """Sentence positions where two predictions of the same masked sentence chose differently."""
-    if a.masked.hidden != b.masked.hidden:
-        raise MlmlabError("the two predictions are of differently masked sentences")
-    theirs = {p.index: p.choice for p in b.positions}
-    return [p.index for p in a.positions if theirs.get(p.index) != p.choice]
-
-
-# --- the predictor -------------------------------------------------------------------------------
+from mlmlab.vocab import FILL_ALL, FILL_ITERATIVE, FILL_MODES, KIND_NAMES, KIND_RANDOM, MASKED, RANDOM
 
 
 @dataclass
@@ -318,7 +136,7 @@ class Predictor:
         """Predict every hidden position: all at once, or iteratively (most confident first)."""
         if top_k < 1:
             raise MlmlabError(f"top-k must be at least 1, not {top_k}")
-        if mode not in (FILL_ALL, FILL_ITERATIVE):
+        if mode not in FILL_MODES:
             raise MlmlabError(f"fill mode must be {FILL_ALL!r} or {FILL_ITERATIVE!r}, not {mode!r}")
         ids, start, end, notes = self._prepare(masked)
         seen = tuple(self.tokenizer.token(i) for i in ids)
@@ -392,56 +210,5 @@ class Predictor:
             if kind:
                 slot = base.slots[start + offset]
                 shown = self.tokenizer.token(int(batch.inputs[0, offset])) if kind == KIND_RANDOM else None
-                changes[start + offset] = Slot(slot.answer, _KIND_NAMES[kind], shown)
+                changes[start + offset] = Slot(slot.answer, KIND_NAMES[kind], shown)
         return base.with_slots(changes)
-
-
-class PredictorCache:
-    """Predictors by checkpoint file, loaded once and kept (a few, most recently used) while open.
-
-    Thread-safe: the app's workers share one cache, and a second request for a checkpoint that is
-    still loading waits for the first instead of loading it again.
-    """
-
-    def __init__(self, size: int = 4, device: str = "cpu"):
-        self.size, self.device = size, device
-        self._items: OrderedDict[tuple[str, int], Predictor] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, path: str | Path) -> Predictor:
-        path = Path(path)
-        try:
-            key = (str(path.resolve()), path.stat().st_mtime_ns)  # a rewritten file is a new checkpoint
-        except OSError:
-            raise CheckpointError(f"checkpoint {path}: file is missing") from None
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-            predictor = Predictor.load(path, self.device)
-            self._items[key] = predictor
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-            return predictor
-
-    def __contains__(self, path: str | Path) -> bool:
-        path = Path(path)
-        return any(key[0] == str(path.resolve()) for key in self._items)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-
-
-def use_prediction_threads(threads: int = PREDICT_THREADS) -> None:
-    """Set torch's intra-op CPU threads for this process. Only front ends that own their process
-    (`mlmlab predict`, the app) call this: it is process-wide, and training wants every core."""
-    torch.set_num_threads(threads)
-
-
-def load_predictor(db_path: Path, run_ref: str | int, step: int | None, cache: PredictorCache) -> tuple[CheckpointRef, Predictor]:
-    """The checkpoint a user means (run id or name, latest or at `step`) and its predictor."""
-    with Store(db_path, readonly=True) as store:
-        ref = resolve_checkpoint(store, run_ref, step)
-    return ref, cache.get(ref.path)
-
