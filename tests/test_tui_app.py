@@ -12,11 +12,11 @@ from textual.widgets import DataTable, Input, Select, Static, TextArea
 from tui_helpers import Notifications, build_app, settle, table_text, wait_for, wait_for_screen
 
 from mlmlab.store import Store
-from mlmlab.tui.compare import CompareScreen
-from mlmlab.tui.detail import RunDetailScreen
-from mlmlab.tui.form import NewRunScreen
+from mlmlab.tui.screens.compare import CompareScreen
+from mlmlab.tui.screens.detail import RunDetailScreen
+from mlmlab.tui.screens.form import NewRunScreen
 from mlmlab.tui.plots import MetricPlot
-from mlmlab.tui.runs import RunsScreen
+from mlmlab.tui.screens.runs import RunsScreen
 
 
 @pytest.fixture(scope="module")

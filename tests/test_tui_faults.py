@@ -11,8 +11,8 @@ from textual.widgets import DataTable, Static
 from tui_helpers import build_app, run_status, settle, wait_for, wait_for_screen
 
 from mlmlab.store import Store
-from mlmlab.tui.detail import RunDetailScreen
-from mlmlab.tui.runs import RunsScreen
+from mlmlab.tui.screens.detail import RunDetailScreen
+from mlmlab.tui.screens.runs import RunsScreen
 
 
 def rows(app) -> int:

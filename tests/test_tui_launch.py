@@ -13,12 +13,12 @@ from tui_helpers import Notifications, build_app, run_status, wait_for, wait_for
 from mlmlab.config import load_config, to_toml
 from mlmlab.launcher import write_id_file
 from mlmlab.store import Store, pid_alive
-from mlmlab.tui.detail import RunDetailScreen
-from mlmlab.tui.form import NewRunScreen
+from mlmlab.tui.screens.detail import RunDetailScreen
+from mlmlab.tui.screens.form import NewRunScreen
 from mlmlab.tui.launch import Launch, adopt, launches_dir, read_id_file
 from mlmlab.tui.plots import MetricPlot
 from mlmlab.tui.reader import LOG_NAME
-from mlmlab.tui.runs import RunsScreen
+from mlmlab.tui.screens.runs import RunsScreen
 
 TRAIN_TIMEOUT = 180  # a tiny run takes seconds, but this 2-core machine is shared
 

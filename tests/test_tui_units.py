@@ -152,7 +152,7 @@ def test_run_states_reads_dead_local_pids_as_crashed(db_path):
 
 
 def test_errors_name_the_widget_to_mark():
-    from mlmlab.tui.form import field_id, invalid_widget_id
+    from mlmlab.tui.screens.form import field_id, invalid_widget_id
 
     assert invalid_widget_id("train.steps") == field_id("train.steps") == "f-train-steps"
     assert [invalid_widget_id(key) for key in ("name", "device", "preset")] == ["name", "device", "preset"]
@@ -164,7 +164,7 @@ async def test_the_form_marks_the_field_from_the_error_key(db_path, monkeypatch)
     from textual.widgets import Input, Static
     from tui_helpers import build_app, wait_for, wait_for_screen
 
-    from mlmlab.tui import form as form_module
+    from mlmlab.tui.screens import form as form_module
 
     app = build_app(db_path)
     async with app.run_test(size=(120, 40)) as pilot:

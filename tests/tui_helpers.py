@@ -80,7 +80,7 @@ def table_text(table: DataTable) -> list[list[str]]:
 
 def run_status(app: MlmlabApp, run_id: int) -> str | None:
     """The status the runs screen shows for a run (from its table cell), or None if it has no row."""
-    from mlmlab.tui.runs import RunsScreen
+    from mlmlab.tui.screens.runs import RunsScreen
 
     screen = next(s for s in app.screen_stack if isinstance(s, RunsScreen))
     table = screen.query_one("#runs", DataTable)

@@ -54,7 +54,7 @@ class MlmlabApp(App):
         self.device_error: str | None = None
 
     def on_mount(self) -> None:
-        from mlmlab.tui.runs import RunsScreen
+        from mlmlab.tui.screens.runs import RunsScreen
 
         if self.is_headless:
             self.animation_level = "none"
@@ -76,7 +76,7 @@ class MlmlabApp(App):
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         """Every key of the current screen is also a palette command."""
-        from mlmlab.tui.modals import screen_keys
+        from mlmlab.tui.screens.modals import screen_keys
 
         yield from super().get_system_commands(screen)
         for active in screen_keys(screen):
@@ -184,7 +184,7 @@ class MlmlabApp(App):
     @work(group="ops", exit_on_error=False, description="resuming a run")
     async def resume_run(self, run_id: int) -> None:
         from mlmlab import ops
-        from mlmlab.tui.modals import ResumeDialog
+        from mlmlab.tui.screens.modals import ResumeDialog
 
         run = await asyncio.to_thread(self._read_run, run_id)
         problem = await asyncio.to_thread(ops.resume_problem, run)  # looks at the disk
@@ -210,7 +210,7 @@ class MlmlabApp(App):
     async def delete_run(self, run_id: int) -> None:
         from mlmlab import ops
         from mlmlab.tui.formatting import fmt_tokens
-        from mlmlab.tui.modals import ConfirmDialog
+        from mlmlab.tui.screens.modals import ConfirmDialog
         from mlmlab.tui.reader import file_size
 
         run = await asyncio.to_thread(self._read_run, run_id)
@@ -229,7 +229,7 @@ class MlmlabApp(App):
 
     @work(group="ops", exit_on_error=False, description="editing tags and note")
     async def edit_tags(self, run_id: int) -> None:
-        from mlmlab.tui.modals import TagsNoteDialog
+        from mlmlab.tui.screens.modals import TagsNoteDialog
 
         run = await asyncio.to_thread(self._read_run, run_id)
         answer = await self.push_screen_wait(TagsNoteDialog(run))
@@ -258,17 +258,17 @@ class MlmlabApp(App):
         self.push_screen(MaskExplorerScreen(self.db_path, run_id))
 
     def open_new_run(self) -> None:
-        from mlmlab.tui.form import NewRunScreen
+        from mlmlab.tui.screens.form import NewRunScreen
 
         self.push_screen(NewRunScreen())
 
     def open_detail(self, run_id: int) -> None:
-        from mlmlab.tui.detail import RunDetailScreen
+        from mlmlab.tui.screens.detail import RunDetailScreen
 
         self.push_screen(RunDetailScreen(run_id))
 
     def open_compare(self, run_ids: list[int]) -> None:
-        from mlmlab.tui.compare import CompareScreen
+        from mlmlab.tui.screens.compare import CompareScreen
 
         self.push_screen(CompareScreen(run_ids))
 

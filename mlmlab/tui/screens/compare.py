@@ -15,7 +15,7 @@ from mlmlab.tui.formatting import RICH_COLORS, RUN_COLORS, config_diff, fmt_num,
 from mlmlab.tui.plots import Line, MetricPlot
 from mlmlab.tui.reader import (LOWER_IS_BETTER, PLOT_METRICS, SUMMARY_METRICS, CompareRequest, ComparePoll,
                                poll_compare)
-from mlmlab.tui.screens import BACK, HELP, PLOT_KEYS, QUIT, PlotScreen
+from mlmlab.tui.screens.base import BACK, HELP, PLOT_KEYS, QUIT, PlotScreen
 from mlmlab.vocab import ACTIVE
 
 METRIC_TITLES = {"train_loss": "train loss", "eval_loss": "eval loss", "eval_acc": "eval accuracy",

@@ -274,7 +274,7 @@ class NewRunScreen(Screen):
 
     @on(Button.Pressed, "#save")
     def action_save_preset(self) -> None:
-        from mlmlab.tui.modals import PresetNameDialog
+        from mlmlab.tui.screens.modals import PresetNameDialog
 
         if self.validate() is None:
             self.app.say(f"not saved: {self.last_error}", "error")

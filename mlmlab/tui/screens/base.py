@@ -77,7 +77,7 @@ class LiveScreen(Screen):
         raise NotImplementedError
 
     def action_help(self) -> None:
-        from mlmlab.tui.modals import HelpScreen
+        from mlmlab.tui.screens.modals import HelpScreen
 
         self.app.push_screen(HelpScreen(self, self.GUIDE))
 

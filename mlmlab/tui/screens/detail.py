@@ -16,7 +16,7 @@ from mlmlab.tui.formatting import (fmt_duration, fmt_num, fmt_tokens, kind_legen
                                    run_eta, sample_lines, status_text)
 from mlmlab.tui.plots import Line, MetricPlot
 from mlmlab.tui.reader import DetailPoll, DetailRequest, poll_detail
-from mlmlab.tui.screens import BACK, EXPLORER, HELP, PLOT_KEYS, QUIT, RESUME, STOP, PlotScreen
+from mlmlab.tui.screens.base import BACK, EXPLORER, HELP, PLOT_KEYS, QUIT, RESUME, STOP, PlotScreen
 from mlmlab.vocab import ACTIVE, CRASHED, FAILED, STOPPED
 
 # plot id -> (title, [(metric, label, colour)], smoothed)

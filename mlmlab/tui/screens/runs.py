@@ -13,8 +13,8 @@ from textual.containers import Center, Horizontal, Vertical
 from textual.widgets import DataTable, Footer, Input, Static
 
 from mlmlab.tui.reader import RunsPoll, Stamp, poll_runs
-from mlmlab.tui.run_rows import COLUMNS, SORTS, STATUS_FILTERS, RunRow, columns_for
-from mlmlab.tui.screens import EXPLORER, HELP, RESUME, STOP, LiveScreen, next_of
+from mlmlab.tui.screens.run_rows import COLUMNS, SORTS, STATUS_FILTERS, RunRow, columns_for
+from mlmlab.tui.screens.base import EXPLORER, HELP, RESUME, STOP, LiveScreen, next_of
 from mlmlab.vocab import ACTIVE
 
 GUIDE = """Runs live in one SQLite database; this table polls it every second, reading only what changed.
