@@ -14,7 +14,7 @@ from rich.text import Text
 from textual import on, work
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import TabbedContent
+from textual.widgets import Static, TabbedContent
 
 from mlmlab.tui.formatting import SMOOTHING, X_AXES, X_LABELS
 from mlmlab.tui.messages import Polled
@@ -126,6 +126,14 @@ class PlotScreen(LiveScreen):
 
     def update_plots(self) -> None:
         raise NotImplementedError
+
+    def show_read_error(self, banner_id: str, error: str | None, retrying: str) -> bool:
+        """Show (or hide) the banner that says the last read failed; True when it failed."""
+        banner = self.query_one(banner_id, Static)
+        banner.display = error is not None
+        if error:
+            banner.update(Text(f"{error}\n({retrying})"))
+        return error is not None
 
     def action_back(self) -> None:
         self.dismiss()

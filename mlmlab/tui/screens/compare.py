@@ -91,10 +91,7 @@ class CompareScreen(PlotScreen):
         return poll_compare(self.app.db_path, request)
 
     def show(self, poll: ComparePoll) -> None:
-        banner = self.query_one("#compare-error", Static)
-        banner.display = poll.error is not None
-        if poll.error:
-            banner.update(Text(f"{poll.error}\n(retrying every second)"))
+        if self.show_read_error("#compare-error", poll.error, "retrying every second"):
             self.stale_stats |= set(poll.request.stats_for)
             return
         self.runs.update(poll.runs)

@@ -100,10 +100,7 @@ class RunDetailScreen(PlotScreen):
         return poll_detail(self.app.db_path, request)
 
     def show(self, poll: DetailPoll) -> None:
-        banner = self.query_one("#detail-error", Static)
-        banner.display = poll.error is not None
-        if poll.error:
-            banner.update(Text(f"{poll.error}\n(showing what was read before; retrying every second)"))
+        if self.show_read_error("#detail-error", poll.error, "showing what was read before; retrying every second"):
             return
         self.run, self.summary, self.stamp = poll.run, poll.summary, poll.stamp
         if poll.config is not None:
