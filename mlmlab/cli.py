@@ -277,19 +277,19 @@ def parse_compare(spec: str, run: str) -> tuple[str, int | None]:
 
 def format_prediction(label: str, result) -> str:
     """Plain text for `mlmlab predict`: the filled sentence, then one row per hidden position."""
-    from mlmlab.vocab import token_glyph as visible
+    from mlmlab.vocab import FILL_ITERATIVE, token_glyph
 
-    lines = [f"{label} · fill {'one at a time, most confident first' if result.mode == 'iterative' else 'all at once'}"]
+    lines = [f"{label} · fill {'one at a time, most confident first' if result.mode == FILL_ITERATIVE else 'all at once'}"]
     lines += [f"note: {note}" for note in result.notes]
     lines += [f"input   {result.masked.notation()}", f"filled  {result.filled}", ""]
-    iterative = result.mode == "iterative"
+    iterative = result.mode == FILL_ITERATIVE
     header = ("pos", "answer", "guess", "", "answer rank (p)", *(["pass"] if iterative else []), "top candidates")
     rows = []
     for p in result.positions:
         mark = {True: "right", False: "wrong", None: ""}[p.correct]
         rank = f"{p.answer_rank} ({p.answer_probability:.3f})" if p.answer_rank else "-"
-        top = "  ".join(f"{visible(c.token)} {c.probability:.3f}" for c in p.top)
-        rows.append((str(p.index), visible(p.answer) if p.answer is not None else "?", visible(p.choice), mark, rank,
+        top = "  ".join(f"{token_glyph(c.token)} {c.probability:.3f}" for c in p.top)
+        rows.append((str(p.index), token_glyph(p.answer) if p.answer is not None else "?", token_glyph(p.choice), mark, rank,
                      *([str(p.fill_pass)] if iterative else []), top))
     lines.append(format_table(header, rows))
     if result.n_known:

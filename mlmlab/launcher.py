@@ -92,7 +92,8 @@ def resume_run(db_path: Path, ref: str, sets: list[str], *, device: str | None,
         run = store.find_run(ref)
         run["run_dir"] = str(_run_dir(store, run))
     if run["status"] in ACTIVE:
-        raise StoreError(f"run {run['id']} is still {run['status']} (pid {run['pid']} on {run['host']}); stop it first")
+        raise StoreError(f"run {run['id']} is still {run['status']} (pid {run['pid']} on {run['host']}); stop it first",
+                         run_id=run["id"])
     cfg = _resumed_config(run, sets, device)
     payload = latest_checkpoint(run, reporter)
     if payload["step"] >= cfg.train.steps:
@@ -145,7 +146,8 @@ def latest_checkpoint(run: dict, reporter: Reporter | None = None) -> dict:
     trusted. The payload gains `path`, the file it came from."""
     folder = Path(run["run_dir"])
     if not folder.is_dir():
-        raise CheckpointError(f"run {run['id']}: its folder {folder} is missing, so there is no checkpoint to resume from")
+        raise CheckpointError(f"run {run['id']}: its folder {folder} is missing, so there is no checkpoint to resume from",
+                              run_id=run["id"])
     broken: list[str] = []
     for path in reversed(ckpt.checkpoint_files(folder)):
         try:
@@ -158,8 +160,9 @@ def latest_checkpoint(run: dict, reporter: Reporter | None = None) -> dict:
         return {**payload, "path": str(path)}
     if broken:
         raise CheckpointError(f"run {run['id']} has no loadable checkpoint: {broken[0]}"
-                              + (f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""))
-    raise CheckpointError(f"run {run['id']} has no checkpoint to resume from (it stopped before its first one)")
+                              + (f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""), run_id=run["id"])
+    raise CheckpointError(f"run {run['id']} has no checkpoint to resume from (it stopped before its first one)",
+                          run_id=run["id"])
 
 
 def _train(cfg, store, run_id, run_dir, data, dev, precision, dist, reporter, payload) -> str:

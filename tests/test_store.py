@@ -152,6 +152,13 @@ def test_delete_refuses_active_run(db_path):
         live.wait()
 
 
+def test_errors_about_a_run_carry_its_id(db_path):
+    with Store(db_path) as store:
+        with pytest.raises(StoreError, match="run 42 not found") as missing:
+            store.run(42)
+    assert missing.value.run_id == 42 and missing.value.key is None
+
+
 def test_tags_and_note(db_path):
     with Store(db_path) as store:
         run_id = make_run(store)

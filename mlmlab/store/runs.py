@@ -151,7 +151,7 @@ class Store(RecordQueries):
     def _one_run(self, sql: str, run_id: int) -> dict[str, Any]:
         rows = self._query(sql, [run_id])
         if not rows:
-            raise StoreError(f"run {run_id} not found in {self.path}")
+            raise StoreError(f"run {run_id} not found in {self.path}", run_id=run_id)
         return rows[0]
 
     def summaries(self, ids: Iterable[int] | None = None) -> list[dict[str, Any]]:
@@ -212,7 +212,7 @@ class Store(RecordQueries):
         """Delete a run's rows and its folder. Refuses while it is training."""
         run = self.run(run_id)
         if run["status"] in ACTIVE:
-            raise StoreError(f"run {run_id} is {run['status']}; stop it before deleting")
+            raise StoreError(f"run {run_id} is {run['status']}; stop it before deleting", run_id=run_id)
         with self.transaction():
             for table in ("metrics", "samples", "checkpoints"):
                 self.db.execute(f"delete from {table} where run_id = ?", [run_id])
@@ -244,7 +244,8 @@ class Store(RecordQueries):
             if not now or (now[0]["status"], now[0]["pid"], now[0]["heartbeat_at"]) != (
                 run["stored_status"], run["pid"], run["heartbeat_at"]
             ):
-                raise StoreError(f"run {run_id} changed while preparing to resume it (resumed elsewhere?); try again")
+                raise StoreError(f"run {run_id} changed while preparing to resume it (resumed elsewhere?); try again",
+                                 run_id=run_id)
             removed = self.truncate_after(run_id, step)
             self.drop_missing_checkpoints(run_id)
             path = Path(checkpoint["path"])
