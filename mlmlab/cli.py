@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from mlmlab.errors import MlmlabError
+from mlmlab.paths import require_db_folder
 
 EXIT_USER_ERROR = 2
 DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps (overrides train.device)"
@@ -175,6 +176,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
     path = db_path(args)
     if not path.exists():
+        require_db_folder(path)  # no file in a folder that is there: no runs yet; no folder: a typo
         rows = []
     else:
         with Store(path, readonly=True) as store:
@@ -299,6 +301,7 @@ def format_prediction(label: str, result) -> str:
 
 
 def cmd_app(args: argparse.Namespace) -> int:
+    require_db_folder(db_path(args))  # before the UI starts: a missing folder is one line and exit 2
     from mlmlab.tui.app import run_app
 
     return run_app(db_path(args))

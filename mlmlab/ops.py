@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlmlab.paths import require_db_folder
 from mlmlab.store import BUSY_TIMEOUT_MS, Store, signal_stop
 from mlmlab.vocab import ACTIVE, RUNNING
 
@@ -78,6 +79,7 @@ def stop_run(db_path: Path, ref: str | int, *, wait_while_queued_s: float | None
     long for it to be running, and gives up (`asked` False, status queued) after; without it a
     queued run is asked at once.
     """
+    require_db_folder(db_path)  # a run to stop is in a database that exists: never create its folder
     deadline = time.monotonic() + (wait_while_queued_s or 0.0)
     with Store(db_path, busy_timeout_ms=busy_timeout_ms) as store:
         while True:
@@ -95,5 +97,6 @@ def stop_run(db_path: Path, ref: str | int, *, wait_while_queued_s: float | None
 
 def delete_run(db_path: Path, run_id: int, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
     """Delete a run's rows and its folder (the store refuses while it is active)."""
+    require_db_folder(db_path)
     with Store(db_path, busy_timeout_ms=busy_timeout_ms) as store:
         store.delete_run(run_id)

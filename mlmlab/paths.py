@@ -5,15 +5,40 @@ anything heavy (sqlite-utils brings numpy) has loaded."""
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import platformdirs
+
+from mlmlab.errors import StoreError
 
 DEFAULT_DB = Path("runs") / "mlmlab.db"
 
 
 def default_db_path() -> Path:
     return Path(os.environ.get("MLMLAB_DB") or DEFAULT_DB)
+
+
+def require_db_folder(db_path: str | Path) -> None:
+    """Raise a StoreError (one line, naming the folder) if the folder a database should be read from
+    does not exist: a typed path whose folder is missing is a typo, not an empty database. Readers
+    (`mlmlab runs`, `predict`, `stop`, the app's start, every read-only `Store`) call this before
+    opening anything, so they never create a folder or a file; writers (`mlmlab run`) create what they
+    need instead. The default `runs/mlmlab.db` is exempt: a fresh project has no `runs/` until its first run.
+    """
+    path = Path(db_path)
+    if path == DEFAULT_DB:
+        return
+    folder = path.parent
+    try:
+        if stat.S_ISDIR(os.stat(folder).st_mode):
+            return
+        problem = "is not a folder"
+    except (FileNotFoundError, NotADirectoryError):
+        problem = "does not exist"
+    except (OSError, ValueError):
+        return  # no permission, a name the OS refuses: opening the database says what is wrong
+    raise StoreError(f"database {path}: its folder {folder} {problem}")
 
 
 def cache_dir() -> Path:

@@ -510,6 +510,27 @@ def test_read_commands_do_not_write(trained_run, tmp_path):
     assert not missing.exists()  # looking at a database that is not there does not create it
 
 
+def test_readers_refuse_a_database_whose_folder_is_missing(capsys, tmp_path, monkeypatch):
+    """A --db in a folder that is not there is a typo: one line naming the folder, exit 2, nothing created.
+    A missing file in a folder that is there is only an empty database; the default runs/ may be missing."""
+    missing = tmp_path / "missing"
+    db = missing / "x.db"
+    for argv in (["runs"], ["runs", "--json"], ["predict", "1", "h{e}llo"], ["stop", "1"]):
+        code, err = cli(capsys, *argv, "--db", str(db))
+        assert code == 2 and only_line(err) == f"mlmlab: error: database {db}: its folder {missing} does not exist", argv
+    for argv in (["--db", str(db)], ["app", "--db", str(db)]):  # the app says it before its UI starts
+        result = run_cli(*argv, timeout=60)
+        assert result.returncode == 2 and result.stdout == "", (argv, result)
+        assert only_line(result.stderr.strip().splitlines()).endswith(f"its folder {missing} does not exist")
+    assert not missing.exists() and sorted(tmp_path.iterdir()) == []
+    code, err = cli(capsys, "runs", "--db", str(tmp_path / "x.db"))
+    assert code == 0 and not err and not list(tmp_path.iterdir())
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["runs"]) == 0 and "no runs yet in runs/mlmlab.db" in capsys.readouterr().out
+    assert not list(tmp_path.iterdir())
+
+
 def test_store_stop_and_broken_database_give_one_line(capsys, tmp_path):
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"not sqlite" * 500)

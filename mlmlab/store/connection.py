@@ -22,7 +22,7 @@ from urllib.parse import quote
 from sqlite_utils import Database
 
 from mlmlab.errors import StoreError
-from mlmlab.paths import default_db_path
+from mlmlab.paths import default_db_path, require_db_folder
 from mlmlab.store.schema import MIN_READ_VERSION, SCHEMA_VERSION, TABLES, migrations
 
 BUSY_TIMEOUT_MS = 30_000
@@ -94,6 +94,7 @@ class StoreConnection:
         if self.path.is_dir():
             raise StoreError(f"database {self.path}: is a folder, not a database file")
         if self.readonly:
+            require_db_folder(self.path)  # a missing folder is a typo: say so, and create nothing
             if not self.path.is_file():
                 raise StoreError(f"database {self.path}: no such file")
             uri = f"file:{quote(str(self.path.resolve()))}?mode=ro" + ("&immutable=1" if immutable else "")
