@@ -195,12 +195,24 @@ def format_runs_table(rows: list[dict]) -> str:
     def fmt(value, spec: str) -> str:
         return "-" if value is None else format(value, spec)
 
-    header = ("id", "name", "status", "step", "train loss", "eval loss", "eval acc", "tok/s", "device", "started")
+    header = ("id", "name", "status", "step", "progress", "train loss", "eval loss", "eval acc", "tok/s", "device",
+              "started")
     return format_table(header, [(
-        str(r["id"]), r["name"][:24], r["status"], f"{r['steps']}/{r['total_steps']}",
+        str(r["id"]), r["name"][:24], r["status"], f"{r['steps']}/{r['total_steps']}", progress_words(r),
         fmt(r["train_loss"], ".3f"), fmt(r["eval_loss"], ".3f"), fmt(r["eval_acc"], ".1%"),
         fmt(r["tokens_per_s"], ",.0f"), r["device"] or "-", r["started"] or "-",
     ) for r in rows])
+
+
+def progress_words(row: dict) -> str:
+    """`complete: 5m budget` / `complete: steps` for a completed run, else how far it is through its binding budget."""
+    from mlmlab.budget import STEPS, minutes_text, run_budget
+
+    budget = run_budget(row["status"], row["steps"], row["total_steps"], row["duration_s"] or 0.0, row["max_minutes"])
+    if budget.complete:
+        return f"complete: {budget.reason}"
+    of = "steps" if budget.binding == STEPS else minutes_text(budget.max_minutes)
+    return f"{budget.fraction:.0%} of {of}"
 
 
 def format_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:

@@ -47,3 +47,17 @@ def make_v1_database(path: Path) -> None:
     db["metrics"].insert({"run_id": 1, "step": 1, "tokens": 1, "elapsed": 0.0, "time": 1.0, "name": "train_loss", "value": 2.5})
     db.conn.commit()
     db.close()
+
+
+def add_run(store: Store, name: str, *, status: str, step: int, total: int, max_minutes: float, elapsed: float,
+            tokens_per_s: float | None = None) -> int:
+    """A run as if it had trained to `step` in `elapsed` seconds (no process: pid None), with a tokens/s figure."""
+    run_id = store.create_run(name=name, config={"train": {"steps": total, "max_minutes": max_minutes}},
+                              vocab={"kind": "char", "chars": "ab"}, total_steps=total)
+    now = time.time()
+    store.update_run(run_id, status=status, step=step, elapsed=elapsed, started_at=now - elapsed, heartbeat_at=now,
+                     ended_at=None if status == "running" else now, pid=None)
+    if tokens_per_s:
+        store.add_metrics([{"run_id": run_id, "step": step, "tokens": step * 64, "elapsed": elapsed, "time": now,
+                            "name": "tokens_per_s", "value": tokens_per_s}])
+    return run_id

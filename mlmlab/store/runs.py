@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypedDict
 
+from mlmlab.budget import ended_by
 from mlmlab.errors import StoreError
 from mlmlab.store.connection import clean_text
 from mlmlab.store.liveness import effective_status, this_host
@@ -28,7 +29,8 @@ LEAN_COLUMNS = (
     "device", "precision", "n_params", "step", "total_steps", "tokens", "elapsed", "error", "stop_requested",
     "tags", "note", "command",
 )
-
+# A run's time budget, read from its config without decoding it in Python (NULL when the JSON is broken).
+MAX_MINUTES_SQL = "CASE WHEN json_valid(r.config) THEN json_extract(r.config, '$.train.max_minutes') END AS max_minutes"
 
 
 class RunRow(TypedDict, total=False):
@@ -163,14 +165,16 @@ class Store(RecordQueries):
         # One statement, so one snapshot: a run inserted by another process between two reads
         # cannot appear in one and not the other.
         rows = self._query(
-            "select s.*, r.status as _status, r.pid as _pid, r.host as _host, r.heartbeat_at as _heartbeat_at,"
-            f" r.created_at as _created_at from run_summary s join runs r on r.id = s.id{where} order by s.id",
+            f"select s.*, {MAX_MINUTES_SQL}, r.status as _status, r.pid as _pid, r.host as _host,"
+            " r.heartbeat_at as _heartbeat_at, r.created_at as _created_at"
+            f" from run_summary s join runs r on r.id = s.id{where} order by s.id",
             params,
         )
         for row in rows:
             raw = {key[1:]: row.pop(key) for key in ("_status", "_pid", "_host", "_heartbeat_at", "_created_at")}
             row["status"] = effective_status(raw)
             row["tags"] = json.loads(row["tags"] or "[]")
+            row["ended_by"] = ended_by(row["status"], row["steps"], row["total_steps"], row["max_minutes"])
         return rows
 
     def run_states(self) -> list[dict[str, Any]]:
@@ -180,7 +184,7 @@ class Store(RecordQueries):
         """
         rows = self._query(
             "select id, name, status, step, total_steps, tokens, elapsed, created_at, started_at, ended_at,"
-            " heartbeat_at, pid, host, stop_requested, tags, note from runs order by id"
+            f" heartbeat_at, pid, host, stop_requested, tags, note, {MAX_MINUTES_SQL} from runs r order by id"
         )
         return [_with_effective_status(row, keep_stored=False) for row in rows]
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from rich.text import Text
 
+from mlmlab.budget import STEPS, TIME, Budget, minutes_text, run_budget
 from mlmlab.vocab import (ACTIVE, COMPLETED, CRASHED, FAILED, KEEP, KIND_LABELS, MASKED, QUEUED, RANDOM, RUNNING,
                           STOPPED, VISIBLE, token_glyph)
 
@@ -51,10 +52,71 @@ def bar(fraction: float, width: int) -> str:
 
 def progress_text(step: int, total: int, width: int = 10) -> Text:
     """A bar of `width` cells plus `step/total`."""
-    fraction = 0.0 if not total else max(0.0, min(1.0, step / total))
+    return bar_text(0.0 if not total else step / total, f"{step}/{total}", width)
+
+
+def bar_text(fraction: float, label: str, width: int) -> Text:
+    """A bar of `width` cells, green when full, then the label."""
+    fraction = max(0.0, min(1.0, fraction))
     text = Text(bar(fraction, width), style="green" if fraction >= 1 else "blue")
-    text.append(f" {step}/{total}", style="")
+    text.append(f" {label}", style="")
     return text
+
+
+def count_text(n: int) -> str:
+    """A count in at most four characters and a unit, rounded, never cut: 1327 -> 1.3k, 100000 -> 100k."""
+    if abs(n) < 1000:
+        return str(n)
+    for size, unit in ((1e3, "k"), (1e6, "M"), (1e9, "G")):
+        value = n / size
+        if abs(value) < 999.5 or unit == "G":
+            break
+    return (f"{value:.1f}".removesuffix(".0") if abs(value) < 9.95 else f"{value:.0f}") + unit
+
+
+def fit(candidates: Sequence[str], width: int) -> str:
+    """The first text that fits `width` cells; when none does, the last one cut with an ellipsis.
+
+    Callers list the full figure first and shorter honest forms after it, so a narrow cell shows
+    an abbreviation or a visible cut, never a shorter number.
+    """
+    for text in candidates:
+        if len(text) <= width:
+            return text
+    return candidates[-1][: max(0, width - 1)] + "…"
+
+
+def budget_labels(budget: Budget, step: int, total: int, elapsed: float) -> list[str]:
+    """Progress against the binding budget, from the fullest wording to the shortest."""
+    steps = [f"{step}/{total}", f"{count_text(step)}/{count_text(total)}"]
+    if budget.complete and budget.binding == STEPS:
+        return [f"{label} steps" for label in steps] + [f"{count_text(total)} steps"] + steps
+    if budget.complete:
+        return [f"{label} · {budget.reason}" for label in steps] + [budget.reason]
+    if budget.binding == TIME:
+        return [f"{fmt_duration(elapsed)} of {minutes_text(budget.max_minutes)}",
+                f"{fmt_duration(elapsed)}/{minutes_text(budget.max_minutes)}"]
+    return steps
+
+
+def budget_sentence(budget: Budget, step: int, total: int, elapsed: float) -> str:
+    """Both budgets in full and which one binds, for the run detail's header (which wraps, never cuts)."""
+    words = f"{step}/{total} steps"
+    if budget.max_minutes:
+        words += f" · {fmt_duration(elapsed)} of {minutes_text(budget.max_minutes)}"
+    if budget.complete:
+        return f"{words} · complete: {budget.reason}"
+    if budget.max_minutes:
+        return f"{words} · the {'time' if budget.binding == TIME else 'step'} budget binds"
+    return words
+
+
+def budget_text(state: dict[str, Any], bar_width: int, label_width: int, now: float | None = None) -> Text:
+    """A run's bar and label for the budget that binds it, fitted to `label_width` cells."""
+    elapsed = run_duration(state, now) or 0.0
+    budget = run_budget(state["status"], state["step"], state["total_steps"], elapsed, state.get("max_minutes"))
+    label = fit(budget_labels(budget, state["step"], state["total_steps"], elapsed), label_width)
+    return bar_text(budget.fraction, label, bar_width)
 
 
 def fmt_num(value: Any, spec: str, missing: str = "-") -> str:

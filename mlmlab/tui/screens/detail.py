@@ -12,7 +12,8 @@ from textual.binding import Binding
 from textual.containers import Grid, VerticalScroll
 from textual.widgets import DataTable, Footer, Log, Static, TabbedContent, TabPane
 
-from mlmlab.tui.formatting import (fmt_duration, fmt_num, fmt_tokens, kind_legend, progress_text, run_duration,
+from mlmlab.budget import run_budget
+from mlmlab.tui.formatting import (bar_text, budget_sentence, fmt_duration, fmt_num, fmt_tokens, kind_legend, run_duration,
                                    run_eta, sample_lines, status_text)
 from mlmlab.tui.plots import Line, MetricPlot
 from mlmlab.tui.reader import DetailPoll, DetailRequest, poll_detail
@@ -135,8 +136,10 @@ class RunDetailScreen(PlotScreen):
         params = f"{run['n_params'] / 1e6:.2f}M params" if run.get("n_params") else "params -"
         head.append(f"   {run.get('device') or '-'} · {run.get('precision') or '-'} · {params}"
                     f" · pid {run.get('pid') or '-'} on {run.get('host') or '-'}\n", style="dim")
-        head.append_text(progress_text(run["step"], run["total_steps"], width=24))
-        head.append(f"   tokens {fmt_tokens(run.get('tokens'))} · duration {fmt_duration(run_duration(run, now))}")
+        elapsed = run_duration(run, now)
+        budget = run_budget(run["status"], run["step"], run["total_steps"], elapsed or 0.0, train.get("max_minutes"))
+        head.append_text(bar_text(budget.fraction, budget_sentence(budget, run["step"], run["total_steps"], elapsed or 0.0), 24))
+        head.append(f"   tokens {fmt_tokens(run.get('tokens'))} · duration {fmt_duration(elapsed)}")
         eta = run_eta(run, train.get("max_minutes") or 0)
         if eta is not None:
             head.append(f" · ETA {fmt_duration(eta)}", style="bold")

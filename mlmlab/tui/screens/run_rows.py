@@ -9,12 +9,14 @@ from typing import Any
 
 from rich.text import Text
 
-from mlmlab.tui.formatting import fmt_duration, fmt_num, progress_text, run_duration, status_text
+from mlmlab.budget import run_budget
+from mlmlab.tui.formatting import budget_text, count_text, fit, fmt_duration, fmt_num, run_duration, status_text
 from mlmlab.vocab import ACTIVE, COMPLETED, CRASHED, FAILED, STOPPED
 
-# (key, header, width): fixed widths so live values never get cut; None grows with the content.
+# (key, header, width): fixed widths so live values do not make columns jump; None grows with the
+# content. A value wider than its cell is abbreviated or visibly cut (`fit`), never shown as a shorter number.
 COLUMNS = [
-    ("mark", " ", 1), ("id", "id", 3), ("name", "name", None), ("status", "status", 11), ("progress", "progress", 19),
+    ("mark", " ", 1), ("id", "id", None), ("name", "name", None), ("status", "status", 11), ("progress", "progress", 21),
     ("train_loss", "train loss", 10), ("eval_loss", "eval loss", 9), ("eval_acc", "eval acc", 8),
     ("tok_s", "tok/s", 8), ("duration", "duration", 8), ("device", "device", 6), ("started", "started", 11),
     ("tags", "tags", None),
@@ -22,7 +24,9 @@ COLUMNS = [
 # On a narrow terminal these columns go first, in this order, so the rest fit without scrolling
 # sideways (the run detail still shows all of it).
 DROP_WHEN_NARROW = ["started", "device", "duration", "tags", "train_loss", "tok_s", "eval_loss"]
-GROWING_WIDTH_GUESS = {"name": 10, "tags": 6}
+WIDTHS = {key: width for key, _, width in COLUMNS}
+GROWING_WIDTH_GUESS = {"id": 3, "name": 10, "tags": 6}
+BAR_CELLS, PROGRESS_LABEL_CELLS = 6, 14  # the progress column: bar, a space, the label
 
 
 def columns_for(width: int) -> list[tuple[str, str, int | None]]:
@@ -60,7 +64,7 @@ class RunRow:
     def sort_key(self, column: str) -> Any:
         s, m = self.state, self.summary
         if column == "progress":
-            return s["step"] / s["total_steps"] if s["total_steps"] else 0
+            return run_budget(s["status"], s["step"], s["total_steps"], s.get("elapsed") or 0.0, s.get("max_minutes")).fraction
         if column in ("eval_loss", "eval_acc"):
             value = m.get(column)
             return (value is None, value if value is not None else 0)
@@ -93,16 +97,24 @@ class RunRow:
             Text(str(s["id"]), justify="right"),
             Text(s["name"]),
             status_text(s["status"]),
-            progress_text(s["step"], s["total_steps"], width=8),
-            Text(fmt_num(m.get("train_loss"), ".3f"), justify="right"),
-            Text(fmt_num(m.get("eval_loss"), ".3f"), justify="right"),
-            Text(fmt_num(m.get("eval_acc"), ".1%"), justify="right"),
-            Text(fmt_num(m.get("tokens_per_s"), ",.0f"), justify="right"),
+            budget_text(s, BAR_CELLS, PROGRESS_LABEL_CELLS, now),
+            _number(m.get("train_loss"), ".3f", WIDTHS["train_loss"]),
+            _number(m.get("eval_loss"), ".3f", WIDTHS["eval_loss"]),
+            _number(m.get("eval_acc"), ".1%", WIDTHS["eval_acc"]),
+            _number(m.get("tokens_per_s"), ",.0f", WIDTHS["tok_s"]),
             Text(fmt_duration(run_duration(s, now)), justify="right"),
-            Text(m.get("device") or "-"),
+            Text(fit([m.get("device") or "-"], WIDTHS["device"])),
             Text((m.get("started") or "-")[5:16] if m.get("started") else "-"),
             Text(" ".join(_tags(s)), style="italic"),
         ]
+
+
+def _number(value: Any, spec: str, width: int) -> Text:
+    """A figure right-aligned in `width` cells: as `spec` writes it when that fits, else shorter but whole."""
+    if value is None or isinstance(value, str):
+        return Text(fmt_num(value, spec), justify="right")
+    short = count_text(round(value)) if abs(value) >= 1000 else fmt_num(value, ".3g")
+    return Text(fit([fmt_num(value, spec), short], width), justify="right")
 
 
 def _tags(state: dict[str, Any]) -> list[str]:
