@@ -46,6 +46,7 @@ from mlmlab.masking import IGNORE, mask_tokens, n_chosen_for
 from mlmlab.tokenizer import PAD_ID
 from mlmlab.engine.data import prepare_data
 from mlmlab.engine.evaluation import build_eval_set, evaluate
+from mlmlab.engine.schedule import describe_stages, seq_len_stages, stage_at
 
 
 def log(text: str) -> None:
@@ -111,14 +112,13 @@ class Mlmlab(Contender):
         self.device = device
 
     def step(self) -> int:
-        from mlmlab.engine.schedule import seq_len_at
-
         t = self.cfg.train
         if self.steps >= t.steps:
             time.sleep(0.01)  # the preset's step budget is spent: it would have stopped here
             return 0
         out = self.setup.runner.step(self.steps, self.seconds)
-        tokens = t.batch_size * seq_len_at(self.steps, self.cfg)
+        stage = stage_at(self.steps, self.cfg)
+        tokens = stage.batch_size * stage.seq_len
         self.setup.window.add(out, tokens)
         if (self.steps + 1) % t.log_every == 0:
             self.last_stats = self.setup.window.drain(self.steps + 1)  # the loop's one host read per log line
@@ -131,7 +131,7 @@ class Mlmlab(Contender):
         t = self.cfg.train
         return (f"{self.precision}, lr {t.lr}, warm-up {t.warmup_steps}, masking {self.cfg.mask.masking_prob}, "
                 f"batch {t.batch_size}x{t.seq_len}"
-                + (f", {t.short_seq_len}-token windows for {t.short_seq_steps} steps" if t.short_seq_len else ""))
+                + (f", seq_len by step {describe_stages(self.cfg)}" if len(seq_len_stages(self.cfg)) > 1 else ""))
 
 
 class HuggingFace(Contender):

@@ -34,7 +34,7 @@ import torch
 
 from mlmlab.config import ExperimentConfig
 from mlmlab.devices import device_name, memory_mb
-from mlmlab.engine.data import no_mask_ids, prepare_data
+from mlmlab.engine.data import mask_strategy, no_mask_ids, prepare_data
 from mlmlab.engine.metrics import MetricWindow
 from mlmlab.engine.state import build_state
 from mlmlab.engine.step import StepRunner
@@ -120,8 +120,8 @@ class BenchSetup:
 
 
 def build_setup(cfg: ExperimentConfig, device: torch.device, precision: str, train_ids: torch.Tensor,
-                vocab_size: int, no_mask_ids: torch.Tensor | None = None) -> BenchSetup:
-    state = build_state(cfg, device, precision, train_ids, vocab_size, no_mask_ids)
+                vocab_size: int, no_mask_ids: torch.Tensor | None = None, strategy=None) -> BenchSetup:
+    state = build_state(cfg, device, precision, train_ids, vocab_size, no_mask_ids, strategy=strategy)
     window = MetricWindow(device, cfg.train.skip_nonfinite)
     return BenchSetup(cfg, state.runner, window, device, precision, state.model.n_params(), state.model.args)
 
@@ -140,10 +140,11 @@ def time_steps(setup: BenchSetup, steps: int, first_step: int = 0) -> list[float
 def run_bench(cfg: ExperimentConfig, device: torch.device, precision: str, *, steps: int = 30, warmup: int = 5,
               measure_peak: bool = True) -> dict:
     """Warm up, time `steps` training steps, and return the figures `mlmlab bench` prints."""
-    cfg = cfg.with_overrides({"train.short_seq_len": 0, "train.short_seq_steps": 0})
+    cfg = cfg.with_overrides({"train.short_seq_len": 0, "train.short_seq_steps": 0, "train.seq_len_schedule": []})
     data = prepare_data(cfg)
     tok = data.tokenizer
-    setup = build_setup(cfg, device, precision, data.train_ids, tok.vocab_size, no_mask_ids(tok, cfg, device))
+    setup = build_setup(cfg, device, precision, data.train_ids, tok.vocab_size, no_mask_ids(tok, cfg, device),
+                        mask_strategy(tok, cfg, device))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()

@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_db(stop)
     stop.set_defaults(func=cmd_stop)
     add_predict_command(sub)
+    add_data_command(sub)
 
     app = sub.add_parser("app", help="open the terminal app (the default with no command)")
     add_db(app)
@@ -106,6 +107,29 @@ def add_predict_command(sub: argparse._SubParsersAction) -> None:
     predict.add_argument("--json", action="store_true", help="print one JSON object for scripts")
     add_db(predict)
     predict.set_defaults(func=cmd_predict)
+
+
+def add_data_command(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="tokenise a corpus into the token cache ahead of a run (no database)")
+    data.add_argument("source", help="'builtin', a UTF-8 text file, or a folder of .txt/.md files (as data.source)")
+    data.add_argument("--tokenizer", default="char", choices=["char"], help="tokenizer kind (as data.tokenizer)")
+    data.add_argument("--max-chars", type=_non_negative_int, default=0, metavar="N", help="as data.max_chars (default 0: all)")
+    data.add_argument("--valid-fraction", type=float, default=0.05, metavar="F",
+                      help="as data.valid_fraction: the vocabulary is built from the training side (default 0.05)")
+    data.add_argument("--json", action="store_true", help="print one JSON object instead of the figures")
+    data.set_defaults(func=cmd_data)
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from mlmlab.config import load_config
+    from mlmlab.data_prep import format_figures, prepare_ahead
+
+    cfg = load_config(None, [f"data.source={args.source}", f"data.tokenizer={args.tokenizer}",  # the run's checks
+                             f"data.max_chars={args.max_chars}", f"data.valid_fraction={args.valid_fraction}"])
+    fig = prepare_ahead(cfg.data.source, cfg.data.tokenizer, cfg.data.max_chars, cfg.data.valid_fraction,
+                        min_len=cfg.train.seq_len + 1)
+    print(json.dumps(fig, indent=2) if args.json else format_figures(fig))
+    return 0
 
 
 def add_db(parser: argparse.ArgumentParser) -> None:

@@ -1,4 +1,7 @@
-"""Corpus loading, the train / held-out split, and batches of random windows kept on the device.
+"""The built-in corpus, the train / held-out split, and batches of random windows.
+
+Corpora are read as streams (`corpus`) into the token cache (`token_cache`); `load_corpus` gives the
+same text in memory for tests and small tools.
 
 The built-in corpus is text every Python install already has: the interactive-help topics of
 `pydoc_data` plus the docstrings of the standard library, read with `ast` (no module is imported).
@@ -14,56 +17,42 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
+from mlmlab.corpus import BLOCK_CHARS, held_out_blocks, open_corpus
 from mlmlab.errors import DataError
 from mlmlab.paths import cache_dir
 
-TEXT_SUFFIXES = {".txt", ".md"}
-BLOCK_CHARS = 1024  # held-out text is chosen in blocks this long, spread through the corpus
-_GOLDEN = 0.6180339887498949
 _SKIP_DIRS = {"test", "tests", "idlelib", "site-packages", "lib2to3", "turtledemo", "__pycache__"}
 
 
 def load_corpus(source: str, max_chars: int = 0) -> str:
-    """The text of `source`: 'builtin', a UTF-8 file, or a folder of .txt/.md files."""
-    text = builtin_corpus() if source == "builtin" else _read_source(Path(source).expanduser())
-    if max_chars:
-        text = text[:max_chars]
+    """The text of `source` in memory: 'builtin', a UTF-8 file, or a folder of .txt/.md files.
+    Runs do not call this (they stream the corpus into the token cache); tests and small tools do."""
+    text = "".join(piece for piece, _ in open_corpus(source).pieces(max_chars))
     if not text.strip():
         raise DataError(f"data.source = {source!r}: the corpus is empty")
     return text
 
 
-def _read_source(path: Path) -> str:
-    if path.is_file():
-        return _read_text_file(path)
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in TEXT_SUFFIXES and p.is_file())
-        if not files:
-            raise DataError(f"data.source = '{path}': the folder holds no .txt or .md files")
-        return "\n\n".join(_read_text_file(p) for p in files)
-    raise DataError(f"data.source = '{path}': no such file or folder")
+def builtin_corpus_file() -> Path:
+    """The built-in corpus as a file (built on first use), so it streams like any other source."""
+    cached = _builtin_path()
+    if not cached.is_file():
+        text = _build_builtin_corpus()
+        _write_atomic(cached, text)
+        if not cached.is_file():  # an unwritable cache folder: a private temporary copy
+            cached = Path(tempfile.gettempdir()) / f"mlmlab-{os.getuid()}-{cached.name}"
+            _write_atomic(cached, text)
+    return cached
 
 
-def _read_text_file(path: Path) -> str:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"data file '{path}': cannot read ({exc.strerror})") from None
-    if b"\x00" in raw[:65536]:
-        raise DataError(f"data file '{path}': looks binary (NUL bytes); give UTF-8 text")
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"data file '{path}': not UTF-8 text (bad byte at offset {exc.start})") from None
+def _builtin_path() -> Path:
+    return cache_dir() / f"builtin-corpus-py{sys.version_info.major}.{sys.version_info.minor}.txt"
 
 
 def builtin_corpus() -> str:
-    cached = cache_dir() / f"builtin-corpus-py{sys.version_info.major}.{sys.version_info.minor}.txt"
-    if cached.is_file():
-        return cached.read_text(encoding="utf-8")
-    text = _build_builtin_corpus()
-    _write_atomic(cached, text)
-    return text
+    return builtin_corpus_file().read_text(encoding="utf-8")
 
 
 def _build_builtin_corpus() -> str:
@@ -99,33 +88,52 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def split_text(text: str, valid_fraction: float, min_chars: int) -> tuple[str, str]:
-    """Deterministic train / held-out split in blocks spread evenly through the corpus.
+    """The train / held-out split of a text in memory (see `split_segments`)."""
+    train, valid = split_segments(len(text), valid_fraction, min_chars)
+    return "".join(text[a:b] for a, b in train), "".join(text[a:b] for a, b in valid)
 
-    Each block goes to the held-out side when the fractional part of i·φ falls below
-    `valid_fraction` (a low-discrepancy sequence), so the held-out text samples every part of the
-    corpus rather than only its tail. Small corpora fall back to holding out the tail.
+
+def split_segments(n: int, valid_fraction: float, min_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic train / held-out split of positions 0..n, as (start, stop) rows for each side.
+
+    Blocks of BLOCK_CHARS positions go to the held-out side when the fractional part of i·φ falls
+    below `valid_fraction` (a low-discrepancy sequence), so the held-out text samples every part of
+    the corpus rather than only its tail. Small corpora fall back to holding out the tail. With the
+    char tokenizer a position is a character, so this is the split every earlier run used.
     """
-    n_blocks = len(text) // BLOCK_CHARS
-    train_parts: list[str] = []
-    valid_parts: list[str] = []
+    n_blocks = n // BLOCK_CHARS
     if n_blocks >= 20:
-        for i in range(0, len(text), BLOCK_CHARS):
-            side = valid_parts if ((i // BLOCK_CHARS + 1) * _GOLDEN) % 1 < valid_fraction else train_parts
-            side.append(text[i : i + BLOCK_CHARS])
+        starts = np.arange(0, n, BLOCK_CHARS, dtype=np.int64)
+        valid = held_out_blocks(0, len(starts), valid_fraction)
+        train_segs, valid_segs = _runs(starts, ~valid, n), _runs(starts, valid, n)
     else:
-        cut = len(text) - max(int(len(text) * valid_fraction), min_chars)
-        train_parts, valid_parts = [text[:cut]], [text[cut:]]
-    train, valid = "".join(train_parts), "".join(valid_parts)
-    if len(train) < min_chars or len(valid) < min_chars:
+        cut = max(n - max(int(n * valid_fraction), min_len), 0)
+        train_segs, valid_segs = np.array([[0, cut]], np.int64), np.array([[cut, n]], np.int64)
+    n_train = int((train_segs[:, 1] - train_segs[:, 0]).sum())
+    if n_train < min_len or n - n_train < min_len:
         raise DataError(
-            f"the corpus has {len(text)} characters: too short for train.seq_len windows "
-            f"(needs at least {min_chars} characters on each side of the train / held-out split)"
+            f"the corpus has {n} characters: too short for train.seq_len windows "
+            f"(needs at least {min_len} characters on each side of the train / held-out split)"
         )
-    return train, valid
+    return train_segs, valid_segs
+
+
+def _runs(starts: np.ndarray, chosen: np.ndarray, n: int) -> np.ndarray:
+    """Maximal runs of consecutive chosen blocks, as (start, stop) rows."""
+    flags = np.concatenate([[False], chosen, [False]]).astype(np.int8)
+    edges = np.flatnonzero(np.diff(flags))
+    bounds = np.append(starts, n)
+    return np.stack([bounds[edges[0::2]], bounds[edges[1::2]]], axis=1).astype(np.int64)
 
 
 class WindowSampler:
-    """Random `seq_len` windows of a token tensor, drawn on its device from a seeded generator."""
+    """Random `seq_len` windows of a token sequence, drawn from a seeded generator.
+
+    `ids` is a 1-D tensor (windows are gathered on its device, as before the token cache) or a
+    `TokenView` over the cache's memmap (windows are gathered from the page cache, converted to
+    int64 per batch, and land on the generator's device); either way the starts come from the same
+    `torch.randint` call, so a seed gives the same windows from both.
+    """
 
     def __init__(self, ids, generator):
         import torch
@@ -136,6 +144,8 @@ class WindowSampler:
 
     def batch(self, batch_size: int, seq_len: int):
         torch = self._torch
+        device = self.ids.device if isinstance(self.ids, torch.Tensor) else self.generator.device
         high = self.ids.numel() - seq_len + 1
-        starts = torch.randint(0, high, (batch_size, 1), generator=self.generator, device=self.ids.device)
-        return self.ids[starts + torch.arange(seq_len, device=self.ids.device)]
+        starts = torch.randint(0, high, (batch_size, 1), generator=self.generator, device=device)
+        positions = starts + torch.arange(seq_len, device=device)
+        return self.ids[positions] if isinstance(self.ids, torch.Tensor) else self.ids.gather(positions)

@@ -27,6 +27,10 @@ the previous version here), and exact. A fixed number of chosen positions per ba
 shapes static, so the model can gather just those positions for its output head (and
 `torch.compile` sees one shape). Everything is vectorised tensor code driven by a
 `torch.Generator`, identical on CPU and CUDA, and the input is never modified.
+
+That is the token strategy. `mask.strategy` = whole_word or span (masking_strategies.py) replaces
+step 2 only: the same count is taken whole words or spans at a time, then put in a random order,
+so step 3 and everything reported stay as they are.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mlmlab.masking_strategies import WordMasking
 from mlmlab.tokenizer import MASK_ID, N_SPECIAL
 from mlmlab.vocab import KIND_KEEP, KIND_MASK, KIND_RANDOM
 
@@ -72,14 +77,22 @@ def mask_tokens(
     generator: torch.Generator | None = None,
     no_mask_ids: torch.Tensor | None = None,
     n_chosen: int | None = None,
+    strategy: WordMasking | None = None,
 ) -> MaskedBatch:
-    """Mask a (B, T) batch of ids. `n_chosen` overrides the count (e.g. a static count per shape)."""
+    """Mask a (B, T) batch of ids. `n_chosen` overrides the count (e.g. a static count per shape).
+
+    `strategy` (masking_strategies.word_masking) chooses whole words or spans instead of single
+    tokens, with the same count and split; None is the token strategy.
+    """
     ok = maskable(ids, no_mask_ids)
     flat_ok = ok.reshape(-1)
     if n_chosen is None:
         # One host sync, only on batches that may hold padding; training passes n_chosen.
         n_chosen = n_chosen_for(int(flat_ok.sum()), masking_prob)
-    positions = _choose(flat_ok, n_chosen, generator)
+    if strategy is None:
+        positions = _choose(flat_ok, n_chosen, generator)
+    else:
+        positions = strategy.choose(ids, flat_ok, n_chosen, generator)
     n_random = round(n_chosen * randomize_prob)
     n_keep = min(round(n_chosen * no_change_prob), n_chosen - n_random)
     # `positions` is in random order: [ n_random randomized | n_keep unchanged | the rest [MASK] ].

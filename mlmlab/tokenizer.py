@@ -7,7 +7,7 @@ masking's random replacement and its special-token checks one comparison.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from mlmlab.errors import DataError
 
@@ -24,13 +24,19 @@ class CharTokenizer:
         self.chars = list(chars)
         self.itos = list(SPECIAL_TOKENS) + self.chars
         self.stoi = {ch: i for i, ch in enumerate(self.itos) if i >= N_SPECIAL}
+        self._lut = None  # code point -> id table, built on first `encode_array`
         if len(self.stoi) != len(self.chars) or any(len(ch) != 1 for ch in self.chars):
             raise DataError("char vocabulary must hold distinct single characters")
 
     @classmethod
     def from_text(cls, text: str) -> "CharTokenizer":
         """Vocabulary of every character in `text`, most frequent first (ties by code point)."""
-        counts = Counter(text)
+        return cls.from_counts(Counter(text))
+
+    @classmethod
+    def from_counts(cls, counts: Mapping[str, int]) -> "CharTokenizer":
+        """Vocabulary of the counted characters, most frequent first (ties by code point): what a
+        streaming pass over a corpus too large for a string builds its vocabulary from."""
         return cls(sorted(counts, key=lambda ch: (-counts[ch], ch)))
 
     @property
@@ -39,6 +45,17 @@ class CharTokenizer:
 
     def encode(self, text: str) -> list[int]:
         return [self.stoi.get(ch, UNK_ID) for ch in text]
+
+    def encode_array(self, code_points):
+        """Ids of an array of code points (numpy uint32), through one lookup table: the token cache's
+        streaming encoder. Characters outside the vocabulary are [UNK], as in `encode`."""
+        import numpy as np
+
+        if self._lut is None:
+            top = max((ord(ch) for ch in self.chars), default=0)
+            self._lut = np.full(top + 2, UNK_ID, dtype=np.uint32)
+            self._lut[[ord(ch) for ch in self.chars]] = np.arange(N_SPECIAL, N_SPECIAL + len(self.chars), dtype=np.uint32)
+        return self._lut[np.minimum(code_points, len(self._lut) - 1)]
 
     def decode(self, ids: Iterable[int], specials: bool = True) -> str:
         return "".join(self.token(i) for i in ids if specials or i >= N_SPECIAL)

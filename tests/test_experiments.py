@@ -45,12 +45,33 @@ def test_time_to_accuracy_trains_and_scores_in_a_worker(tmp_path, corpus_file):
     assert figures["steps"] > 0 and 0 <= figures["eval_acc"] <= 1 and figures["seconds"] >= 2
 
 
+@pytest.mark.slow
+def test_curriculum_bench_trains_both_presets_for_equal_time(tmp_path, corpus_file):
+    out = tmp_path / "curriculum.json"
+    result = run_script("bench_curriculum.py", "--seconds", "1", "--chunk", "0.5", "--marks", "2", "--eval-batches", "1",
+                        "--eval-len", "64", "--data", str(corpus_file), "--set", "model.n_layers=1",
+                        "--set", "model.d_model=32", "--set", "model.d_ff=64", "--set", "train.batch_size=8",
+                        "--json", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["eval_len"] == 64 and report["stages"]["off"] == "0: 128"
+    assert report["stages"]["on"] == "0: 32, 500: 64, 900: 128"
+    for rows in report["scores"].values():
+        assert len(rows) == 2 and all(r["steps"] > 0 and 0 <= r["eval_acc"] <= 1 for r in rows)
+        assert rows[-1]["seconds"] >= 1
+    off, on = report["scores"]["off"][-1], report["scores"]["on"][-1]
+    assert off["masked_tokens"] == on["masked_tokens"]  # one held-out set for both
+    assert "| curriculum-on |" in result.stdout and "curriculum-on minus curriculum-off" in result.stdout
+
+
 def test_bad_arguments_are_one_line_each(tmp_path):
     for script, args, expected in [
         ("bench_fastpath.py", ["--items", "nope"], "unknown item nope"),
         ("bench_time_to_accuracy.py", ["--set", "train.lr=abc"], "train.lr = 'abc'"),
         ("bench_time_to_accuracy.py", ["--hf-setting", "fast"], "expected 'eager|sdpa fp32|bf16'"),
         ("bench_time_to_accuracy.py", ["--against", "model.d_model=7"], "model.d_model = 7"),
+        ("bench_curriculum.py", ["--set", "train.seq_len_schedule=[[3, 32]]"], "the first stage must start at step 0"),
+        ("bench_curriculum.py", ["--on", str(EXPERIMENTS / "quick.toml")], "differ in more than the curriculum"),
     ]:
         result = run_script(script, *args, cwd=tmp_path)
         assert result.returncode == 2, (script, args, result.stderr[-2000:])

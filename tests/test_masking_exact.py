@@ -7,10 +7,12 @@ special or no-mask token, random replacements from real tokens only, inputs unto
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from masking_helpers import STRATEGIES, synthetic_strategy
 from mlmlab.masking import (
     IGNORE,
     _first_true,
@@ -24,6 +26,7 @@ from mlmlab.tokenizer import MASK_ID, N_SPECIAL, PAD_ID, UNK_ID
 from mlmlab.vocab import KIND_KEEP, KIND_MASK, KIND_NONE, KIND_RANDOM
 
 VOCAB = 40
+by_strategy = pytest.mark.parametrize("strategy", STRATEGIES)  # the same tests for every mask.strategy
 
 
 def _batch(B: int, T: int, seed: int, pad_rows: bool = True) -> torch.Tensor:
@@ -74,28 +77,32 @@ def _check(ids: torch.Tensor, b, masking_prob: float, randomize_prob: float, no_
     assert int(split["mask_special"]) == 0
 
 
+@by_strategy
 @settings(max_examples=60, deadline=None)
 @given(
     B=st.integers(1, 9), T=st.integers(1, 40), seed=st.integers(0, 10_000),
     masking_prob=st.floats(0.01, 1.0), randomize_prob=st.floats(0.0, 1.0), no_change_prob=st.floats(0.0, 1.0),
     pad_rows=st.booleans(),
 )
-def test_invariants_hold_exactly(B, T, seed, masking_prob, randomize_prob, no_change_prob, pad_rows):
+def test_invariants_hold_exactly(B, T, seed, masking_prob, randomize_prob, no_change_prob, pad_rows, strategy):
     no_change_prob = min(no_change_prob, 1.0 - randomize_prob)
     ids = _batch(B, T, seed, pad_rows)
     before = ids.clone()
     b = mask_tokens(ids, vocab_size=VOCAB, masking_prob=masking_prob, randomize_prob=randomize_prob,
-                    no_change_prob=no_change_prob, generator=torch.Generator().manual_seed(seed))
+                    no_change_prob=no_change_prob, generator=torch.Generator().manual_seed(seed),
+                    strategy=synthetic_strategy(strategy, VOCAB))
     assert torch.equal(ids, before)  # the input is never modified
     _check(ids, b, masking_prob, randomize_prob, no_change_prob)
 
 
-def test_no_mask_tokens_are_never_chosen():
+@by_strategy
+def test_no_mask_tokens_are_never_chosen(strategy):
     ids = _batch(16, 64, 3)
     no_mask = torch.tensor([5, 6, 7])
     for seed in range(20):
         b = mask_tokens(ids, vocab_size=VOCAB, masking_prob=0.5, randomize_prob=0.1, no_change_prob=0.1,
-                        generator=torch.Generator().manual_seed(seed), no_mask_ids=no_mask)
+                        generator=torch.Generator().manual_seed(seed), no_mask_ids=no_mask,
+                        strategy=synthetic_strategy(strategy, VOCAB))
         _check(ids, b, 0.5, 0.1, 0.1, no_mask)
         assert not bool(torch.isin(ids.reshape(-1)[b.positions], no_mask).any())
 
@@ -109,15 +116,17 @@ def test_static_count_matches_the_computed_count():
     assert torch.equal(a.positions, b.positions) and torch.equal(a.inputs, b.inputs)
 
 
-def test_seeded_generator_is_deterministic():
+@by_strategy
+def test_seeded_generator_is_deterministic(strategy):
     ids = _batch(8, 32, 1)
-    kw = dict(vocab_size=VOCAB, masking_prob=0.15, randomize_prob=0.1, no_change_prob=0.1)
+    kw = dict(vocab_size=VOCAB, masking_prob=0.15, randomize_prob=0.1, no_change_prob=0.1,
+              strategy=synthetic_strategy(strategy, VOCAB))
     a = mask_tokens(ids, generator=torch.Generator().manual_seed(7), **kw)
     b = mask_tokens(ids, generator=torch.Generator().manual_seed(7), **kw)
     assert torch.equal(a.inputs, b.inputs) and torch.equal(a.positions, b.positions)
 
 
-def test_proportions_and_uniformity_statistically():
+def test_proportions_and_uniformity_statistically(strategy="token"):
     """Every maskable position is chosen equally often, and the group a position lands in does not
     depend on where it is: the chosen order is a uniform random order."""
     B, T, draws = 4, 50, 3000
@@ -128,7 +137,8 @@ def test_proportions_and_uniformity_statistically():
     chosen = torch.zeros(B * T)
     randomized = torch.zeros(B * T)
     for _ in range(draws):
-        b = mask_tokens(ids, vocab_size=VOCAB, masking_prob=0.2, randomize_prob=0.25, no_change_prob=0.25, generator=gen)
+        b = mask_tokens(ids, vocab_size=VOCAB, masking_prob=0.2, randomize_prob=0.25, no_change_prob=0.25, generator=gen,
+                        strategy=synthetic_strategy(strategy, VOCAB))
         kinds = b.kinds.reshape(-1)
         chosen += (kinds != KIND_NONE).float()
         randomized += (kinds == KIND_RANDOM).float()
@@ -144,9 +154,44 @@ def test_proportions_and_uniformity_statistically():
     assert abs(float(first - second)) / float(randomized[ok].mean()) < 0.08
     # random replacements are spread over all real tokens
     b = mask_tokens(torch.full((64, 64), 10), vocab_size=VOCAB, masking_prob=1.0, randomize_prob=1.0,
-                    no_change_prob=0.0, generator=gen)
+                    no_change_prob=0.0, generator=gen, strategy=synthetic_strategy(strategy, VOCAB))
     seen = b.inputs.unique()
     assert seen.min() >= N_SPECIAL and seen.max() < VOCAB and seen.numel() == VOCAB - N_SPECIAL
+
+
+@pytest.mark.parametrize("strategy", ["whole_word", "span"])
+def test_word_strategies_statistically(strategy):
+    """The token test's checks that whole units allow, on one fixed small batch drawn many times.
+
+    Per position the rate is not uniform here: a long word's tail is chosen less often than its
+    head (the budget cuts the last unit at its end), so instead: nothing unmaskable is ever chosen,
+    the share of chosen positions that are randomized does not depend on where they are, every word
+    (whole_word) is chosen equally often, and replacements cover the real vocabulary. Per-position
+    uniformity over large varied batches is test_masking.py's test_choice_is_uniform_over_positions_and_rows.
+    """
+    B, T, draws = 4, 50, 3000
+    ids = torch.randint(N_SPECIAL, VOCAB, (B, T), generator=torch.Generator().manual_seed(0))
+    ids[0, 40:] = PAD_ID
+    ok = maskable(ids).reshape(-1)
+    gen, how = torch.Generator().manual_seed(11), synthetic_strategy(strategy, VOCAB)
+    chosen, randomized = torch.zeros(B * T), torch.zeros(B * T)
+    for _ in range(draws):
+        kinds = mask_tokens(ids, vocab_size=VOCAB, masking_prob=0.2, randomize_prob=0.25, no_change_prob=0.25,
+                            generator=gen, strategy=how).kinds.reshape(-1)
+        chosen += (kinds != KIND_NONE).float()
+        randomized += (kinds == KIND_RANDOM).float()
+    assert chosen[~ok].sum() == 0
+    half = B * T // 2
+    share = [randomized[part].sum() / chosen[part].sum() for part in (slice(0, half), slice(half, None))]
+    assert abs(float(share[0] - share[1])) < 0.02 and abs(float(share[0]) - 0.25) < 0.02
+    if strategy == "whole_word":  # each word's first position: chosen whenever its word is
+        words = how.word_ids(ids).reshape(-1)
+        heads = ok & (words >= 0) & (words != torch.nn.functional.pad(words[:-1], (1, 0), value=-1))
+        rate = chosen[heads] / draws
+        assert float((rate - rate.mean()).abs().max()) < 5 * (0.25 * 0.75 / draws) ** 0.5 + 0.02
+    b = mask_tokens(torch.full((64, 64), 10), vocab_size=VOCAB, masking_prob=1.0, randomize_prob=1.0,
+                    no_change_prob=0.0, generator=gen, strategy=how)
+    assert b.inputs.unique().numel() == VOCAB - N_SPECIAL
 
 
 def test_both_selection_kernels_agree():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mlmlab.errors import ConfigError, quoted
 from mlmlab.paths import path_kind
@@ -48,6 +48,10 @@ class MaskConfig(_Section):
     randomize_prob: float = Field(0.1, ge=0, le=1, description="share of chosen positions replaced by a random real token")
     no_change_prob: float = Field(0.1, ge=0, le=1, description="share of chosen positions left unchanged")
     no_mask_tokens: list[str] = Field(default_factory=list, description="tokens never chosen, e.g. [' ', '\\n']")
+    strategy: Literal["token", "whole_word", "span"] = Field(
+        "token", description="choose single tokens, whole words, or spans of whole words (evaluation always uses token)")
+    span_p: float = Field(0.2, gt=0, lt=1, description="span strategy: geometric parameter of span lengths in words (SpanBERT: 0.2)")
+    span_max_words: int = Field(10, ge=1, le=1000, description="span strategy: longest span in words; longer draws are redrawn (SpanBERT: 10)")
 
 
 class TrainConfig(_Section):
@@ -68,12 +72,22 @@ class TrainConfig(_Section):
     seed: int = Field(0, ge=0, le=2**32 - 1, description="seed for init, batches and masks")
     short_seq_len: int = Field(32, ge=0, le=65536, description="train the first short_seq_steps at this length (0 = off; no effect when not below seq_len)")
     short_seq_steps: int = Field(400, ge=0, le=MAX_STEPS, description="steps spent at short_seq_len")
+    seq_len_schedule: list[list[int]] = Field(default_factory=list, description="[[step, seq_len], ...]: train at each seq_len from its step on, e.g. [[0, 32], [2000, 128]] (empty: the short_seq_len warm-up; evaluation stays at seq_len)")
+    schedule_keeps_tokens: bool = Field(False, description="scale the batch so each step trains about batch_size x the last stage's seq_len tokens (rounded down)")
     log_every: int = Field(10, ge=1, le=MAX_STEPS, description="steps between train metric rows")
     eval_every: int = Field(100, ge=1, le=MAX_STEPS, description="steps between held-out evaluations and samples")
     eval_batches: int = Field(8, ge=1, le=1000, description="held-out batches per evaluation (fixed windows, fixed masks)")
     checkpoint_every: int = Field(500, ge=1, le=MAX_STEPS, description="steps between checkpoints")
     keep_checkpoints: int = Field(5, ge=0, le=1_000_000, description="checkpoints kept on disk (0 = all)")
     skip_nonfinite: bool = Field(False, description="skip steps whose loss is NaN/inf instead of failing the run")
+
+    @field_validator("seq_len_schedule", mode="before")
+    @classmethod
+    def _stage_pairs(cls, value: Any) -> Any:
+        pair = lambda p: isinstance(p, list) and len(p) == 2 and all(type(v) is int for v in p)  # noqa: E731
+        if not isinstance(value, list) or not all(pair(p) for p in value):
+            raise ValueError("must be a list of [step, seq_len] integer pairs, e.g. [[0, 32], [2000, 128]]")
+        return value
 
 
 class ExperimentConfig(_Section):
@@ -179,6 +193,7 @@ def _cross_check(cfg: ExperimentConfig) -> None:
     if t.short_seq_steps and not t.short_seq_len:
         raise ConfigError(f"train.short_seq_steps = {t.short_seq_steps}: needs train.short_seq_len > 0",
                           key="train.short_seq_steps", value=t.short_seq_steps)
+    _check_seq_len_schedule(t, m.max_seq_len)
     for token in k.no_mask_tokens:
         if not token:
             raise ConfigError("mask.no_mask_tokens: entries must be non-empty strings", key="mask.no_mask_tokens", value=token)
@@ -186,3 +201,24 @@ def _cross_check(cfg: ExperimentConfig) -> None:
     if source != "builtin" and path_kind(source) is None:
         raise ConfigError(f"data.source = {quoted(source)}: no such file or folder (or use 'builtin')",
                           key="data.source", value=source)
+
+
+MAX_SCHEDULE_STAGES = 8  # each new window shape recompiles under torch.compile, which keeps 8 per function
+
+
+def _check_seq_len_schedule(t: TrainConfig, max_seq_len: int) -> None:
+    """Stages start at step 0, steps strictly increase, every length fits the position table."""
+    key, stages = "train.seq_len_schedule", t.seq_len_schedule
+    problem = None
+    if len(stages) > MAX_SCHEDULE_STAGES:
+        problem = f"at most {MAX_SCHEDULE_STAGES} stages (each new shape recompiles under torch.compile)"
+    elif stages and stages[0][0] != 0:
+        problem = "the first stage must start at step 0"
+    elif any(b[0] <= a[0] for a, b in zip(stages, stages[1:])):
+        problem = "the steps must strictly increase"
+    elif any(not 0 <= step <= MAX_STEPS for step, _ in stages):
+        problem = f"steps must be between 0 and {MAX_STEPS}"
+    elif any(not 4 <= length <= max_seq_len for _, length in stages):
+        problem = f"each seq_len must be between 4 and model.max_seq_len = {max_seq_len}"
+    if problem:
+        raise ConfigError(f"{key} = {quoted(stages)}: {problem}", key=key, value=stages)

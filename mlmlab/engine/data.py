@@ -2,30 +2,48 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from mlmlab.config import ExperimentConfig
-from mlmlab.data import load_corpus, split_text
-from mlmlab.tokenizer import CharTokenizer, build_tokenizer
+from mlmlab.data import split_segments
+from mlmlab.masking_strategies import WordMasking, word_masking
+from mlmlab.engine.schedule import longest_seq_len
+from mlmlab.token_cache import TokenCache, TokenView, prepare_corpus
+from mlmlab.tokenizer import CharTokenizer
+
+
+def _say(text: str) -> None:
+    print(f"mlmlab: {text}", file=sys.stderr, flush=True)
 
 
 @dataclass
 class PreparedData:
     tokenizer: CharTokenizer
-    train_ids: torch.Tensor  # 1-D, on the CPU; the trainer copies it to the device once
-    valid_ids: torch.Tensor  # 1-D, on the CPU (eval batches are built once from it)
-    n_chars: int
+    train_ids: TokenView  # 1-D view of the token cache's memmap; `to_device` copies it to an accelerator once
+    valid_ids: TokenView  # the held-out side (eval batches are built once from it)
+    n_chars: int  # tokens in the corpus (one per character with the char tokenizer)
+    cache: TokenCache
 
 
-def prepare_data(cfg: ExperimentConfig, tokenizer: CharTokenizer | None = None) -> PreparedData:
-    """Load, split and encode the corpus. A resumed run passes its saved tokenizer."""
-    text = load_corpus(cfg.data.source, cfg.data.max_chars)
-    train_text, valid_text = split_text(text, cfg.data.valid_fraction, min_chars=cfg.train.seq_len + 1)
-    tokenizer = tokenizer or build_tokenizer(cfg.data.tokenizer, train_text)
-    encode = lambda s: torch.tensor(tokenizer.encode(s), dtype=torch.long)  # noqa: E731
-    return PreparedData(tokenizer, encode(train_text), encode(valid_text), len(text))
+def prepare_data(cfg: ExperimentConfig, tokenizer: CharTokenizer | None = None, *,
+                 on_message: Callable[[str], None] = _say) -> PreparedData:
+    """The corpus tokenised through the token cache (built on first use, reused after) and split.
+    A resumed run passes its saved tokenizer, whose own cache is used."""
+    min_len = longest_seq_len(cfg) + 1
+    tokenizer, cache = prepare_corpus(cfg.data.source, tokenizer, kind=cfg.data.tokenizer, max_chars=cfg.data.max_chars,
+                                      valid_fraction=cfg.data.valid_fraction, min_len=min_len, on_message=on_message)
+    train, valid = split_segments(cache.n_tokens, cfg.data.valid_fraction, min_len)
+    return PreparedData(tokenizer, TokenView(cache.ids, train), TokenView(cache.ids, valid), cache.n_tokens, cache)
+
+
+def mask_strategy(tokenizer: CharTokenizer, cfg: ExperimentConfig, device: torch.device) -> WordMasking | None:
+    """`mask.strategy` with the tokenizer's word tables on the device; None for the token strategy."""
+    k = cfg.mask
+    return word_masking(k.strategy, tokenizer, device, k.span_p, k.span_max_words)
 
 
 def no_mask_ids(tokenizer: CharTokenizer, cfg: ExperimentConfig, device: torch.device) -> torch.Tensor | None:

@@ -18,6 +18,8 @@ from mlmlab.vocab import KIND_NAMES, VISIBLE
 EVAL_SEED = 1234  # fixed: held-out windows and masks are identical across runs and checkpoints
 # Held-out batches are masked at BERT's standard rates whatever rate a recipe trains with (the
 # quick preset trains at 40%), so evaluation always measures the same task and runs compare.
+# For the same reason held-out masks always use the token strategy (no `strategy=`), whatever
+# `mask.strategy` a run trains with.
 EVAL_MASKING = {"masking_prob": 0.15, "randomize_prob": 0.1, "no_change_prob": 0.1}
 N_SAMPLE_PROMPTS = 4
 

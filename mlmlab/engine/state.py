@@ -17,6 +17,7 @@ from mlmlab.config import ExperimentConfig
 from mlmlab.data import WindowSampler
 from mlmlab.engine.step import StepRunner, build_optimizer, maybe_compile, model_args, to_device
 from mlmlab.errors import CheckpointError
+from mlmlab.masking_strategies import WordMasking
 from mlmlab.model import MaskedLM
 from mlmlab.tokenizer import CharTokenizer
 
@@ -52,7 +53,8 @@ class TrainState:
 def build_state(cfg: ExperimentConfig, device: torch.device, precision: str, train_ids: torch.Tensor, vocab_size: int,
                 no_mask_ids: torch.Tensor | None = None, *, rank: int = 0, checkpoint: dict | None = None,
                 wrap: Callable[[MaskedLM], torch.nn.Module] | None = None,
-                on_message: Callable[[str], None] = lambda text: None) -> TrainState:
+                on_message: Callable[[str], None] = lambda text: None,
+                strategy: WordMasking | None = None) -> TrainState:
     """Seed, build the model, optimizer and generators, restore `checkpoint`, then the step runner.
 
     `wrap` (DistributedDataParallel under torchrun) wraps the model the runner steps; each rank
@@ -68,7 +70,8 @@ def build_state(cfg: ExperimentConfig, device: torch.device, precision: str, tra
     sampler = WindowSampler(to_device(train_ids, device), data_gen)
     compiled = maybe_compile(train_model, cfg, device)
     runner = StepRunner(model, optimizer, cfg, device, precision, sampler, mask_gen, no_mask_ids,
-                        compiled=train_model if compiled is None else compiled, on_message=on_message)
+                        compiled=train_model if compiled is None else compiled, on_message=on_message,
+                        strategy=strategy)
     model.train()
     return TrainState(model, optimizer, runner, progress, data_gen, mask_gen)
 

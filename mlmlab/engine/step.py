@@ -18,6 +18,7 @@ from mlmlab.config import ExperimentConfig
 from mlmlab.data import WindowSampler
 from mlmlab.engine import schedule
 from mlmlab.masking import mask_tokens, n_chosen_for, split_vector
+from mlmlab.masking_strategies import WordMasking
 from mlmlab.model import MaskedLM, ModelArgs
 from mlmlab.tokenizer import PAD_ID
 
@@ -62,8 +63,9 @@ class StepRunner:
     def __init__(self, model: MaskedLM, optimizer, cfg: ExperimentConfig, device: torch.device,
                  precision: str, sampler: WindowSampler, mask_gen: torch.Generator,
                  no_mask_ids: torch.Tensor | None, compiled: Callable | None = None,
-                 on_message: Callable[[str], None] = lambda text: None):
+                 on_message: Callable[[str], None] = lambda text: None, strategy: WordMasking | None = None):
         self.model, self.optimizer, self.cfg, self.device = model, optimizer, cfg, device
+        self.strategy = strategy  # mask.strategy: None = token
         self.precision, self.sampler, self.mask_gen = precision, sampler, mask_gen
         self.no_mask_ids = no_mask_ids
         self.forward = model if compiled is None else compiled
@@ -99,12 +101,12 @@ class StepRunner:
     def step(self, step: int, elapsed: float = 0.0) -> StepOutput:
         """Optimizer step number `step` (0-based), `elapsed` seconds of training into the run."""
         cfg = self.cfg
-        ids = self.sampler.batch(cfg.train.batch_size, schedule.seq_len_at(step, cfg))
+        ids = self.sampler.batch(*schedule.stage_at(step, cfg))  # the curriculum's batch size and seq_len
         n_chosen = self._n_chosen(ids)
         batch = mask_tokens(
             ids, vocab_size=self.vocab_size, masking_prob=cfg.mask.masking_prob,
             randomize_prob=cfg.mask.randomize_prob, no_change_prob=cfg.mask.no_change_prob,
-            generator=self.mask_gen, no_mask_ids=self.no_mask_ids, n_chosen=n_chosen,
+            generator=self.mask_gen, no_mask_ids=self.no_mask_ids, n_chosen=n_chosen, strategy=self.strategy,
         )
         for group in self.optimizer.param_groups:
             group["lr"] = schedule.lr_at(step, cfg, elapsed)

@@ -21,7 +21,7 @@ from mlmlab import checkpoints as ckpt
 from mlmlab.config import ExperimentConfig
 from mlmlab.devices import memory_mb
 from mlmlab.engine import schedule
-from mlmlab.engine.data import PreparedData, no_mask_ids
+from mlmlab.engine.data import PreparedData, mask_strategy, no_mask_ids
 from mlmlab.engine.evaluation import EvalSet, build_eval_set, evaluate, sample_rows
 from mlmlab.engine.metrics import MetricWindow
 from mlmlab.engine.recorder import Recorder
@@ -68,7 +68,7 @@ class Trainer:
         no_mask = no_mask_ids(tok, cfg, self.device)
         state = build_state(cfg, self.device, self.precision, self.data.train_ids, tok.vocab_size, no_mask,
                             rank=self.rank, checkpoint=self.resume_from, wrap=self._wrap_distributed,
-                            on_message=self.reporter.message)
+                            on_message=self.reporter.message, strategy=mask_strategy(tok, cfg, self.device))
         if self.resume_from:
             self._last_good_ckpt = self._last_log_step = state.progress.step
         evalset = build_eval_set(self.data.valid_ids, cfg, tok.vocab_size, no_mask, self.device) if self.rank == 0 else None
@@ -108,7 +108,8 @@ class Trainer:
         status = "completed"
         last_eval: dict[str, float] = {}
         while progress.step < t.steps:
-            step_tokens = t.batch_size * schedule.seq_len_at(progress.step, cfg) * self.world_size
+            stage = schedule.stage_at(progress.step, cfg)
+            step_tokens = stage.batch_size * stage.seq_len * self.world_size
             out = state.runner.step(progress.step, progress.elapsed)
             progress.step += 1
             progress.tokens += step_tokens
@@ -119,6 +120,9 @@ class Trainer:
             if at_log:
                 stats = window.drain(progress.step)
                 stats["lr"] = schedule.lr_at(progress.step - 1, cfg, last_elapsed)
+                stats["seq_len"] = float(stage.seq_len)  # of this window's last step: the curriculum on the plots
+                if schedule.batch_varies(cfg):
+                    stats["batch_size"] = float(stage.batch_size)
                 self._log(progress, stats)
                 self.reporter.update(progress.step, {**stats, **last_eval})
             side_work = time.perf_counter()

@@ -15,6 +15,7 @@ import torch
 from mlmlab.checkpoints import load_checkpoint
 from mlmlab.errors import CheckpointError, MlmlabError, NotationError
 from mlmlab.masking import mask_tokens
+from mlmlab.masking_strategies import word_masking
 from mlmlab.model import MaskedLM, ModelArgs
 from mlmlab.notation import MaskedText, Slot
 from mlmlab.predict.results import AttentionMap, Candidate, FillPass, PositionPrediction, Prediction
@@ -202,6 +203,9 @@ class Predictor:
             randomize_prob=cfg["randomize_prob"], no_change_prob=cfg["no_change_prob"],
             generator=torch.Generator().manual_seed(seed),
             no_mask_ids=torch.tensor(no_mask, dtype=torch.long) if no_mask else None,
+            # a checkpoint saved before mask.strategy existed trained with single tokens
+            strategy=word_masking(cfg.get("strategy", "token"), self.tokenizer, "cpu",
+                                  cfg.get("span_p", 0.2), cfg.get("span_max_words", 10)),
         )
         if batch.positions.numel() == 0:
             raise NotationError("nothing here can be masked as training does: the model knows none of these characters")

@@ -21,6 +21,7 @@ class Line:
     label: str
     color: str
     points: Points = field(default_factory=list)
+    right: bool = False  # drawn against a y axis of its own on the right (another unit on one panel)
 
 
 class MetricPlot(PlotextPlot):
@@ -56,5 +57,6 @@ class MetricPlot(PlotextPlot):
                 continue
             xs = [x_value(self.x_axis, x) for x, _ in line.points]
             ys = smooth([y for _, y in line.points], self.smoothing)
-            plt.plot(xs, ys, label=line.label or None, color=line.color, marker="braille")
+            plt.plot(xs, ys, label=line.label or None, color=line.color, marker="braille",
+                     yside="right" if line.right else None)
         self.refresh()

@@ -23,6 +23,8 @@ READ_BUSY_MS = 1500  # a locked database is reported after this, not waited on f
 LOG_NAME = "run.log"  # the app's launches write the run's output here, in the run's folder
 LOG_TAIL_BYTES = 64 * 1024
 PLOT_METRICS = ("train_loss", "eval_loss", "eval_acc", "lr", "tokens_per_s")
+# The detail screen also draws the sequence-length curriculum (batch_size is logged only when it changes).
+DETAIL_METRICS = (*PLOT_METRICS, "seq_len", "batch_size")
 SUMMARY_METRICS = ("train_loss", "train_acc", "eval_loss", "eval_acc", "lr", "grad_norm", "tokens_per_s", "mem_mb")
 LOWER_IS_BETTER = {"train_loss", "eval_loss", "grad_norm", "step_ms", "mem_mb"}
 
@@ -241,7 +243,7 @@ def poll_detail(db_path: Path, request: DetailRequest) -> DetailPoll:
             after_id = request.after_id
             if request.stamp and run["step"] < request.stamp[1]:
                 after_id = 0  # a resume truncated metrics past its checkpoint: start over
-            result.series = read_series(store, request.run_id, PLOT_METRICS, request.x_axis, request.buckets, after_id)
+            result.series = read_series(store, request.run_id, DETAIL_METRICS, request.x_axis, request.buckets, after_id)
             latest = store.samples(request.run_id)
             if latest and latest[0]["step"] != request.sample_step:
                 result.samples = latest

@@ -24,9 +24,12 @@ from mlmlab.vocab import ACTIVE, CRASHED, FAILED, STOPPED
 PLOTS = {
     "plot-loss": ("loss", [("train_loss", "train", "cyan"), ("eval_loss", "eval", "orange")], True),
     "plot-acc": ("eval accuracy", [("eval_acc", "", "green")], True),
-    "plot-lr": ("learning rate", [("lr", "", "magenta")], False),
+    # The curriculum shares the learning rate's panel, on a right-hand axis: both are schedules.
+    "plot-lr": ("learning rate · seq_len", [("lr", "lr", "magenta"), ("seq_len", "seq_len (right)", "yellow"),
+                                           ("batch_size", "batch (right)", "white")], False),
     "plot-speed": ("tokens/s", [("tokens_per_s", "", "blue")], True),
 }
+RIGHT_AXIS = {"seq_len", "batch_size"}
 LOG_LINES = 2000
 GUIDE = """x switches the plots' x axis (step, tokens seen, training time); z cycles smoothing.
 Curves are downsampled in SQL to the plot's width (each bucket keeps its min, max and last point) and then
@@ -165,7 +168,8 @@ class RunDetailScreen(PlotScreen):
         with self.app.batch_update():
             for plot_id, (_title, lines, smoothed) in PLOTS.items():
                 plot = self.query_one(f"#{plot_id}", MetricPlot)
-                plot.show([Line(label, color, self.book.get(self.run_id, metric)) for metric, label, color in lines],
+                plot.show([Line(label, color, self.book.get(self.run_id, metric), metric in RIGHT_AXIS)
+                           for metric, label, color in lines],
                           self.x_axis, self.smoothing if smoothed else 0.0)
 
     def show_samples(self, samples: list[dict[str, Any]]) -> None:

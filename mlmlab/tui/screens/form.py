@@ -30,13 +30,15 @@ SECTIONS: list[tuple[str, list[tuple[str, str]]]] = [
     ("Model", [("model.d_model", "d_model"), ("model.n_layers", "layers"), ("model.n_heads", "heads"),
                ("model.d_ff", "d_ff"), ("model.max_seq_len", "max_seq_len"), ("model.dropout", "dropout")]),
     ("Masking", [("mask.masking_prob", "masking"), ("mask.randomize_prob", "random"),
-                 ("mask.no_change_prob", "unchanged")]),
+                 ("mask.no_change_prob", "unchanged"), ("mask.strategy", "strategy")]),
     ("Training", [("train.batch_size", "batch size"), ("train.seq_len", "seq_len"), ("train.steps", "steps"),
                   ("train.max_minutes", "max minutes"), ("train.lr", "lr"), ("train.schedule", "schedule"),
                   ("train.warmup_steps", "warm-up"), ("train.optimizer", "optimizer"),
-                  ("train.precision", "precision"), ("train.seed", "seed")]),
+                  ("train.precision", "precision"), ("train.seed", "seed"),
+                  ("train.seq_len_schedule", "seq_len schedule"), ("train.schedule_keeps_tokens", "keep tokens/step")]),
 ]
 FIELD_KEYS = [key for _, fields in SECTIONS for key, _ in fields]
+LIST_KEYS = {"train.seq_len_schedule"}  # fields that hold a TOML list
 
 
 def field_id(key: str) -> str:
@@ -195,6 +197,8 @@ class NewRunScreen(Screen):
         for key in FIELD_KEYS:
             widget = self.query_one(f"#{field_id(key)}")
             value = widget.value
+            if key in LIST_KEYS and not value.strip():
+                value = "[]"  # an emptied list field means the empty list, as `--set key=[]` does
             sets.append(f"{key}={'' if value is Select.NULL else value}")
         device = self.query_one("#device", Select).value
         sets.append(f"train.device={device}")

@@ -1,0 +1,205 @@
+"""A corpus read as a stream: its files, their text in bounded chunks, its content hash, its characters.
+
+Nothing here holds the whole corpus: every pass reads `chunk_bytes` at a time, so memory is bounded by
+the chunk, not by the corpus. The text a stream yields is exactly what `load_corpus` returns (files
+joined by a blank line, a UTF-8 BOM dropped, cut at `max_chars`), so a run's tokens do not depend on
+whether its corpus went through the cache.
+
+Documents: the files of a folder, or the blank-line-separated paragraphs of one file (and of the
+built-in corpus, whose parts are joined by blank lines).
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mlmlab.errors import DataError
+
+TEXT_SUFFIXES = {".txt", ".md"}
+CHUNK_BYTES = 4 << 20  # 4 MiB read at a time: big enough for numpy to amortise, small next to any corpus
+JOIN = "\n\n"  # between the files of a folder, as `load_corpus` joins them
+BLOCK_CHARS = 1024  # held-out text is chosen in blocks this long, spread through the corpus
+GOLDEN = 0.6180339887498949
+_NUL_CHECK_BYTES = 65536
+_NEWLINE = 10
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Where a corpus's text comes from: its files in reading order and how documents are told apart."""
+
+    source: str  # as the config says it: 'builtin', a file or a folder
+    files: tuple[Path, ...]
+    documents: str  # 'files' (a folder: each file is one) or 'paragraphs' (blank-line separated)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(_size(p) for p in self.files)
+
+    def fingerprint(self) -> str:
+        """Names, sizes and modification times: a cheap pre-check for whether the content changed."""
+        stats = [(str(p.resolve()), *_stat(p)) for p in self.files]
+        return _digest({"source": self.source, "files": stats, "py": sys.version_info[:2]})
+
+    def content_hash(self, progress: Callable[[int], None] | None = None, chunk_bytes: int = CHUNK_BYTES) -> str:
+        """A hash over every byte read, each file's name relative to the folder, and the document rule."""
+        h = hashlib.blake2b(digest_size=20)
+        h.update(self.documents.encode())
+        root = Path(self.source).expanduser() if self.documents == "files" else None
+        for path in self.files:
+            h.update(b"\x00file\x00" + (str(path.relative_to(root)) if root else "").encode() + b"\x00")
+            with _open(path) as f:
+                while block := f.read(chunk_bytes):
+                    h.update(block)
+                    if progress:
+                        progress(len(block))
+        return h.hexdigest()
+
+    def pieces(self, max_chars: int = 0, chunk_bytes: int = CHUNK_BYTES,
+               progress: Callable[[int], None] | None = None) -> Iterator[tuple[str, bool]]:
+        """The corpus's text in chunks, each with whether a file's own text starts there."""
+        left = max_chars if max_chars > 0 else None
+        for text, starts_file in self._raw_pieces(chunk_bytes, progress):
+            if left is not None:
+                text = text[:left]
+                left -= len(text)
+            if text:
+                yield text, starts_file
+            if left == 0:
+                return
+
+    def _raw_pieces(self, chunk_bytes: int, progress) -> Iterator[tuple[str, bool]]:
+        for i, path in enumerate(self.files):
+            if i:
+                yield JOIN, False
+            for j, text in enumerate(_decode_file(path, chunk_bytes, progress)):
+                yield text, j == 0
+
+
+def open_corpus(source: str) -> Corpus:
+    """The corpus `source` names: 'builtin', a UTF-8 file, or a folder of .txt/.md files (sorted)."""
+    if source == "builtin":
+        from mlmlab.data import builtin_corpus_file
+
+        return Corpus(source, (builtin_corpus_file(),), "paragraphs")
+    path = Path(source).expanduser()
+    if path.is_file():
+        return Corpus(source, (path,), "paragraphs")
+    if path.is_dir():
+        files = tuple(sorted(p for p in path.rglob("*") if p.suffix.lower() in TEXT_SUFFIXES and p.is_file()))
+        if not files:
+            raise DataError(f"data.source = '{path}': the folder holds no .txt or .md files")
+        return Corpus(source, files, "files")
+    raise DataError(f"data.source = '{path}': no such file or folder")
+
+
+def code_points(text: str) -> np.ndarray:
+    """The text's code points as uint32, without a Python loop over characters."""
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
+
+
+def paragraph_starts(cps: np.ndarray, offset: int, tail: np.ndarray) -> np.ndarray:
+    """Positions (absolute: `offset` is the chunk's first) where a paragraph starts: the first
+    non-newline after two or more newlines. `tail` is the previous chunk's last two code points
+    (two zeros before the first chunk), so a boundary that straddles two chunks is found once."""
+    nl = np.concatenate([tail, cps]) == _NEWLINE
+    return np.flatnonzero(~nl[2:] & nl[:-2] & nl[1:-1]).astype(np.int64) + offset
+
+
+def held_out_blocks(first_block: int, n_blocks: int, valid_fraction: float) -> np.ndarray:
+    """Whether each block goes to the held-out side: frac(i·φ) < valid_fraction for block number i (1-based)."""
+    i = np.arange(first_block + 1, first_block + n_blocks + 1, dtype=np.float64)
+    return np.mod(i * GOLDEN, 1.0) < valid_fraction
+
+
+def train_char_counts(corpus: Corpus, max_chars: int, valid_fraction: float, min_len: int,
+                      chunk_bytes: int = CHUNK_BYTES, progress: Callable[[int], None] | None = None) -> tuple[dict[str, int], int]:
+    """Character counts over the training side of the split, and the corpus's length, in one
+    streaming pass: exactly the counts `CharTokenizer.from_text(split_text(text)[0])` sees, without
+    the text in memory."""
+    from mlmlab.data import split_segments
+
+    counts = np.zeros(0, dtype=np.int64)  # grows to the largest code point seen, not to all of Unicode
+    small: list[str] = []  # a corpus under 20 blocks is split by its tail, known only at the end
+    pos, seen_text = 0, False
+    for text, _ in corpus.pieces(max_chars, chunk_bytes, progress):
+        seen_text = seen_text or bool(text.strip())
+        cps = code_points(text)
+        if pos < 20 * BLOCK_CHARS:
+            small.append(text)
+        blocks = np.arange(pos // BLOCK_CHARS, (pos + len(cps) - 1) // BLOCK_CHARS + 1) if len(cps) else np.zeros(0, int)
+        if len(blocks):
+            valid = held_out_blocks(int(blocks[0]), len(blocks), valid_fraction)
+            edges = np.clip(blocks * BLOCK_CHARS - pos, 0, None)[1:]
+            train_mask = np.repeat(~valid, np.diff(np.concatenate([[0], edges, [len(cps)]])))
+            counts = _add_counts(counts, cps[train_mask])
+        pos += len(cps)
+    if not seen_text:
+        raise DataError(f"data.source = {corpus.source!r}: the corpus is empty")
+    train, _ = split_segments(pos, valid_fraction, min_len)
+    if pos // BLOCK_CHARS < 20:  # tail split: count the training prefix directly
+        counts = _add_counts(np.zeros(0, np.int64), code_points("".join(small)[: int(train[0][1])]))
+    return {chr(c): int(counts[c]) for c in np.flatnonzero(counts)}, pos
+
+
+def _add_counts(counts: np.ndarray, cps: np.ndarray) -> np.ndarray:
+    new = np.bincount(cps)
+    if len(new) > len(counts):
+        counts = np.concatenate([counts, np.zeros(len(new) - len(counts), np.int64)])
+    counts[: len(new)] += new
+    return counts
+
+
+def _decode_file(path: Path, chunk_bytes: int, progress: Callable[[int], None] | None) -> Iterator[str]:
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    offset = 0
+    with _open(path) as f:
+        while True:
+            block = f.read(chunk_bytes)
+            if offset < _NUL_CHECK_BYTES and b"\x00" in block[: _NUL_CHECK_BYTES - offset]:
+                raise DataError(f"data file '{path}': looks binary (NUL bytes); give UTF-8 text")
+            pending = len(decoder.getstate()[0])  # bytes of a character cut by the previous read
+            try:
+                text = decoder.decode(block, final=not block)
+            except UnicodeDecodeError as exc:
+                bad = offset - pending + exc.start
+                raise DataError(f"data file '{path}': not UTF-8 text (bad byte at offset {max(bad, 0)})") from None
+            offset += len(block)
+            if progress and block:
+                progress(len(block))
+            if text:
+                yield text
+            if not block:
+                return
+
+
+def _open(path: Path):
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise DataError(f"data file '{path}': cannot read ({exc.strerror})") from None
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise DataError(f"data file '{path}': cannot read ({exc.strerror})") from None
+    return st.st_size, st.st_mtime_ns
+
+
+def _size(path: Path) -> int:
+    return _stat(path)[0]
+
+
+def _digest(obj) -> str:
+    return hashlib.blake2b(json.dumps(obj, sort_keys=True, default=str).encode(), digest_size=20).hexdigest()

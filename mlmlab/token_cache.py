@@ -1,0 +1,322 @@
+"""The token cache: a corpus tokenised once, in a streaming pass, into a file of token ids on disk.
+
+A cache file is a 4096-byte header (magic, then JSON: key, dtype, token and document counts), the
+ids (uint16 when the vocabulary fits, else uint32) and the documents' start offsets (int64). It is
+named and checked by its key, a hash of the corpus's content, `max_chars` and the tokenizer's
+serialised form (`tokenizer.to_dict()`), so another tokenizer kind plugs in by its own dict. A file
+is written under a temporary name and renamed, so none is ever half-written; one whose header or
+size does not match is rebuilt, with one line saying so.
+
+Documents are recorded as an offsets array, not a separator token: a new special token would shift
+every character's id and break the vocabularies old runs and checkpoints carry, and the token stream
+stays exactly the text earlier runs trained on (files still joined by a blank line).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mlmlab.corpus import BLOCK_CHARS, CHUNK_BYTES, Corpus, code_points, paragraph_starts
+from mlmlab.errors import DataError
+from mlmlab.paths import cache_dir
+
+MAGIC = b"MLMLAB-TOKENS-1\n"
+HEADER_BYTES = 4096
+FORMAT = 1
+
+
+@dataclass
+class TokenCache:
+    path: Path
+    ids: np.ndarray  # read-only memmap, 1-D
+    docs: np.ndarray  # read-only memmap of document start offsets, int64
+    built: bool  # tokenised by this call (False: an existing file was reused)
+    seconds: float
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.ids)
+
+    @property
+    def nbytes(self) -> int:
+        return self.path.stat().st_size
+
+
+def cache_key(content_hash: str, max_chars: int, tokenizer) -> str:
+    from mlmlab.corpus import _digest
+
+    return _digest({"format": FORMAT, "content": content_hash, "max_chars": max_chars, "tokenizer": tokenizer.to_dict()})
+
+
+def tokens_dir() -> Path:
+    """cache_dir()/tokens, or a private temporary folder when the cache folder cannot be written."""
+    for folder in (cache_dir() / "tokens", Path(tempfile.gettempdir()) / f"mlmlab-{os.getuid()}-tokens"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if os.access(folder, os.W_OK):
+                return folder
+        except OSError:
+            continue
+    raise DataError(f"token cache: cannot write {cache_dir() / 'tokens'} nor a temporary folder")
+
+
+def content_hash(corpus: Corpus, progress: Callable[[int], None] | None = None, chunk_bytes: int = CHUNK_BYTES) -> str:
+    """The corpus's content hash, remembered under its fingerprint (names, sizes, mtimes) so a
+    later run with unchanged files skips reading them."""
+    memo = tokens_dir() / f"fingerprint-{corpus.fingerprint()}.json"
+    try:
+        return json.loads(memo.read_text())["content"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    digest = corpus.content_hash(progress, chunk_bytes)
+    _write_json(memo, {"content": digest, "source": corpus.source})
+    return digest
+
+
+def load_or_build(corpus: Corpus, tokenizer, max_chars: int = 0, *, digest: str | None = None,
+                  chunk_bytes: int = CHUNK_BYTES, progress: Callable[[int], None] | None = None,
+                  on_message: Callable[[str], None] = lambda text: None) -> TokenCache:
+    """The cache of `corpus` under `tokenizer`: reused when a valid file exists, else built."""
+    start = time.perf_counter()
+    digest = digest or content_hash(corpus)
+    key = cache_key(digest, max_chars, tokenizer)
+    path = tokens_dir() / f"{key}.tok"
+    if path.exists():
+        try:
+            ids, docs = open_cache(path, key)
+            return TokenCache(path, ids, docs, False, time.perf_counter() - start)
+        except DataError as exc:
+            on_message(f"{exc}; rebuilding it")
+    write_cache(path, key, corpus, tokenizer, max_chars, chunk_bytes, progress)
+    ids, docs = open_cache(path, key)
+    return TokenCache(path, ids, docs, True, time.perf_counter() - start)
+
+
+def prepare_corpus(source: str, tokenizer=None, *, kind: str = "char", max_chars: int = 0, valid_fraction: float = 0.05,
+                   min_len: int = 65, chunk_bytes: int = CHUNK_BYTES, progress: Callable[[int], None] | None = None,
+                   on_message: Callable[[str], None] = lambda text: None) -> tuple[object, TokenCache]:
+    """The tokenizer (given, e.g. a resumed run's, or built from the training split) and the token
+    cache of `source`: what a run's start and `mlmlab data` both call. Torch-free."""
+    from mlmlab.corpus import open_corpus
+
+    corpus = open_corpus(source)
+    digest = content_hash(corpus, progress, chunk_bytes)
+    tokenizer = tokenizer or corpus_tokenizer(corpus, digest, kind, max_chars, valid_fraction, min_len, chunk_bytes, progress)
+    return tokenizer, load_or_build(corpus, tokenizer, max_chars, digest=digest, chunk_bytes=chunk_bytes, progress=progress,
+                                    on_message=on_message)
+
+
+def corpus_tokenizer(corpus: Corpus, digest: str, kind: str, max_chars: int, valid_fraction: float, min_len: int,
+                     chunk_bytes: int = CHUNK_BYTES, progress: Callable[[int], None] | None = None):
+    """The tokenizer a new run builds from the corpus's training split, remembered by content so a
+    second run does not read the corpus again. Another kind plugs in here, trained its own way."""
+    from mlmlab.corpus import _digest, train_char_counts
+    from mlmlab.tokenizer import CharTokenizer, tokenizer_from_dict
+
+    if kind != "char":
+        raise DataError(f"data.tokenizer = {kind!r}: must be 'char'")
+    memo = tokens_dir() / f"vocab-{_digest([FORMAT, kind, digest, max_chars, valid_fraction])}.json"
+    try:
+        saved = json.loads(memo.read_text())
+        # min_len (the longest window) decides the split only of a corpus under 20 blocks
+        if saved["n"] >= 20 * BLOCK_CHARS or saved["min_len"] == min_len:
+            return tokenizer_from_dict(saved["tokenizer"])
+    except (OSError, ValueError, KeyError, TypeError, DataError):
+        pass
+    counts, n = train_char_counts(corpus, max_chars, valid_fraction, min_len, chunk_bytes, progress)
+    tokenizer = CharTokenizer.from_counts(counts)
+    _write_json(memo, {"tokenizer": tokenizer.to_dict(), "n": n, "min_len": min_len})
+    return tokenizer
+
+
+def open_cache(path: Path, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """The ids and document offsets of a cache file, after checking its header and size."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(HEADER_BYTES)
+        size = path.stat().st_size
+    except OSError as exc:
+        raise DataError(f"token cache {path.name}: cannot read ({exc.strerror})") from None
+    meta = _parse_header(head, path)
+    if meta.get("key") != key:
+        raise DataError(f"token cache {path.name}: made for another corpus or tokenizer")
+    dtype, n, n_docs = np.dtype(meta["dtype"]), meta["n_tokens"], meta["n_docs"]
+    if size != HEADER_BYTES + n * dtype.itemsize + n_docs * 8:
+        raise DataError(f"token cache {path.name}: {size} bytes, the header says {HEADER_BYTES + n * dtype.itemsize + n_docs * 8}")
+    if n == 0:
+        return np.zeros(0, dtype), np.zeros(0, np.int64)
+    ids = np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(n,))
+    docs = np.memmap(path, dtype=np.int64, mode="r", offset=HEADER_BYTES + n * dtype.itemsize, shape=(n_docs,)) \
+        if n_docs else np.zeros(0, np.int64)
+    return ids, docs
+
+
+def _parse_header(head: bytes, path: Path) -> dict:
+    if len(head) < HEADER_BYTES or not head.startswith(MAGIC):
+        raise DataError(f"token cache {path.name}: not a token cache file (bad header)")
+    try:
+        meta = json.loads(head[len(MAGIC):].decode("utf-8").strip())
+        ok = meta["dtype"] in ("uint16", "uint32") and all(isinstance(meta[k], int) and meta[k] >= 0 for k in ("n_tokens", "n_docs"))
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        ok = False
+    if not ok:
+        raise DataError(f"token cache {path.name}: its header does not parse")
+    return meta
+
+
+def write_cache(path: Path, key: str, corpus: Corpus, tokenizer, max_chars: int, chunk_bytes: int,
+                progress: Callable[[int], None] | None) -> None:
+    """Tokenise the corpus chunk by chunk into `path` (temp file, then rename): memory holds one
+    chunk; document offsets are spooled to a second temp file and appended at the end."""
+    dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
+    folder = path.parent
+    _remove_stale_temp_files(folder)
+    ids_tmp = tempfile.NamedTemporaryFile(dir=folder, prefix=path.stem[:16], suffix=".tmp", delete=False)
+    docs_tmp = tempfile.NamedTemporaryFile(dir=folder, prefix=path.stem[:16], suffix=".docs.tmp", delete=False)
+    try:
+        with ids_tmp, docs_tmp:
+            ids_tmp.write(b"\0" * HEADER_BYTES)
+            n, n_docs = _tokenise(corpus, tokenizer, max_chars, chunk_bytes, progress, dtype, ids_tmp, docs_tmp)
+            docs_tmp.flush()
+            with open(docs_tmp.name, "rb") as spooled:
+                shutil.copyfileobj(spooled, ids_tmp, chunk_bytes)
+            ids_tmp.seek(0)
+            ids_tmp.write(_header(key, dtype, n, n_docs, tokenizer, corpus))
+        os.replace(ids_tmp.name, path)
+    except BaseException:
+        _remove(ids_tmp.name)
+        raise
+    finally:
+        _remove(docs_tmp.name)
+
+
+def _tokenise(corpus: Corpus, tokenizer, max_chars: int, chunk_bytes: int, progress, dtype, ids_out, docs_out) -> tuple[int, int]:
+    """The streaming pass; returns (tokens, documents). One encoder call per chunk, no loop per character."""
+    pos, n_docs, seen_text = 0, 0, False
+    tail = np.zeros(2, np.uint32)  # the last two code points of the previous chunk (paragraph rule)
+    for text, starts_file in corpus.pieces(max_chars, chunk_bytes, progress):
+        cps = code_points(text)
+        if corpus.documents == "files":
+            starts = np.array([pos] if starts_file else [], np.int64)
+        else:
+            starts = paragraph_starts(cps, pos, tail)
+            tail = np.concatenate([tail, cps])[-2:]
+        if pos == 0:
+            starts = np.unique(np.concatenate([[0], starts]))
+        seen_text = seen_text or bool(text.strip())
+        tokenizer.encode_array(cps).astype(dtype, copy=False).tofile(ids_out)
+        starts.tofile(docs_out)
+        pos, n_docs = pos + len(cps), n_docs + len(starts)
+    if not seen_text:
+        raise DataError(f"data.source = {corpus.source!r}: the corpus is empty")
+    return pos, n_docs
+
+
+def _header(key: str, dtype, n: int, n_docs: int, tokenizer, corpus: Corpus) -> bytes:
+    meta = {"key": key, "dtype": dtype.name, "n_tokens": n, "n_docs": n_docs, "vocab_size": tokenizer.vocab_size,
+            "tokenizer": tokenizer.kind, "source": corpus.source, "documents": corpus.documents}
+    body = MAGIC + json.dumps(meta).encode()
+    if len(body) > HEADER_BYTES - 1:  # only a very long source path gets here
+        meta["source"] = meta["source"][-256:]
+        body = MAGIC + json.dumps(meta).encode()
+    return body + b" " * (HEADER_BYTES - 1 - len(body)) + b"\n"
+
+
+def _write_json(path: Path, obj) -> None:
+    try:
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
+            json.dump(obj, tmp)
+        os.replace(tmp.name, path)
+    except OSError:
+        pass  # a memo only saves time
+
+
+def _remove_stale_temp_files(folder: Path, older_than_s: float = 86400) -> None:
+    """Temp files a killed build left; a day old, so a build still under way elsewhere keeps its own."""
+    for tmp in folder.glob("*.tmp"):
+        try:
+            if time.time() - tmp.stat().st_mtime > older_than_s:
+                tmp.unlink()
+        except OSError:
+            pass
+
+
+def _remove(name: str) -> None:
+    try:
+        os.unlink(name)
+    except OSError:
+        pass
+
+
+DEVICE_COPY_MAX_TOKENS = 1 << 28  # 2 GiB of int64 on the device; a larger split is read from the memmap per batch
+
+
+class TokenView:
+    """One side of the split: the cache's ids at the positions of some (start, stop) segments, read
+    as one sequence. Windows may cross from one segment into the next, as they crossed the blocks of
+    the held-out split when the training text was a string; nothing is loaded until asked for."""
+
+    def __init__(self, ids: np.ndarray, segments: np.ndarray):
+        self.ids = ids
+        self.starts = segments[:, 0].astype(np.int64)
+        lengths = segments[:, 1] - segments[:, 0]
+        self.offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)  # where each segment begins in the view
+
+    def numel(self) -> int:
+        return int(self.offsets[-1])
+
+    def __len__(self) -> int:
+        return self.numel()
+
+    def corpus_index(self, positions: np.ndarray) -> np.ndarray:
+        seg = np.searchsorted(self.offsets, positions, side="right") - 1
+        return self.starts[seg] + (positions - self.offsets[seg])
+
+    def gather(self, positions):
+        """Token ids at view positions (a tensor of any shape) as an int64 tensor on its device."""
+        import torch
+
+        flat = positions.reshape(-1).cpu().numpy()
+        out = np.asarray(self.ids[self.corpus_index(flat)]).astype(np.int64)
+        return torch.from_numpy(out).reshape(positions.shape).to(positions.device, non_blocking=True)
+
+    def __getitem__(self, item):
+        import torch
+
+        if not isinstance(item, slice):
+            raise TypeError("a TokenView takes slices; use gather() for positions")
+        lo, hi, step = item.indices(self.numel())
+        return self.gather(torch.arange(lo, hi, step, dtype=torch.long))
+
+    def tensor(self):
+        """The whole view as one int64 tensor in memory (for small corpora and device copies)."""
+        return self[:]
+
+    # Duck-typed like the CPU tensor `to_device` expects, so the trainer's one copy to the device
+    # stays as it was: on the CPU the view itself is used (the OS page cache holds the ids); on an
+    # accelerator the view is copied once, when it fits DEVICE_COPY_MAX_TOKENS.
+    @property
+    def device(self):
+        import torch
+
+        return torch.device("cpu")
+
+    def pin_memory(self):
+        return self.tensor().pin_memory() if self.numel() <= DEVICE_COPY_MAX_TOKENS else self
+
+    def to(self, device, non_blocking: bool = False):
+        import torch
+
+        if torch.device(device).type == "cpu":
+            return self
+        return self.tensor().to(device, non_blocking=non_blocking) if self.numel() <= DEVICE_COPY_MAX_TOKENS else self
+
