@@ -36,14 +36,19 @@ class DatabaseMissing(MlmlabError):
     """The database file does not exist yet (no run was ever started with it)."""
 
 
+def read_only_store(db_path: Path) -> Any:
+    """The app's read-only Store for this thread, with the short busy timeout. Raises StoreError."""
+    from mlmlab.store import Store
+
+    return Store(db_path, readonly=True, busy_timeout_ms=READ_BUSY_MS)
+
+
 @contextmanager
 def reader(db_path: Path) -> Iterator[Any]:
     """A read-only Store for this thread, closed afterwards. Raises DatabaseMissing or StoreError."""
-    from mlmlab.store import Store
-
     if not db_path.exists():
         raise DatabaseMissing(f"{db_path} does not exist yet")
-    store = Store(db_path, readonly=True, busy_timeout_ms=READ_BUSY_MS)
+    store = read_only_store(db_path)
     try:
         yield store
     finally:
@@ -266,12 +271,13 @@ class CompareRequest:
     at_step: int | None = None
     stats_for: list[int] = field(default_factory=list)  # runs whose figures may have changed
     generation: int = 0
+    configs_for: list[int] = field(default_factory=list)  # runs whose config the screen still needs
 
 
 @dataclass
 class ComparePoll:
     request: CompareRequest
-    runs: dict[int, dict[str, Any]] = field(default_factory=dict)  # lean run rows with config
+    runs: dict[int, dict[str, Any]] = field(default_factory=dict)  # lean run rows (with config for configs_for)
     series: dict[int, SeriesRead] = field(default_factory=dict)
     stats: dict[int, dict[str, dict[str, Any]]] = field(default_factory=dict)
     error: str | None = None
@@ -282,8 +288,9 @@ def poll_compare(db_path: Path, request: CompareRequest) -> ComparePoll:
     try:
         with reader(db_path) as store:
             for run_id in request.run_ids:
-                run = store.run(run_id)
-                run.pop("vocab", None)
+                run = store.run_lean(run_id)
+                if run_id in request.configs_for:
+                    run["config"] = store.run_config(run_id)
                 result.runs[run_id] = run
                 result.series[run_id] = read_series(store, run_id, PLOT_METRICS, request.x_axis, request.buckets,
                                                     request.after_ids.get(run_id, 0))

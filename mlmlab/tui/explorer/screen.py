@@ -148,14 +148,17 @@ class MaskExplorerScreen(Screen):
         self.query_one(MaskedSentence).focus()
 
     def _set_masked(self, masked: MaskedText, echo: bool) -> None:
+        self._show_masked(masked, echo)
+        self.query_one("#model-input", Static).update(model_input_text(masked, None))
+        self.predict()
+
+    def _show_masked(self, masked: MaskedText, echo: bool) -> None:
+        """Show `masked` in the sentence widget; with `echo`, also write its notation into the box."""
         self.masked = masked
         self.query_one(MaskedSentence).show(masked)
-        self.query_one("#model-input", Static).update(model_input_text(masked, None))
         if echo:
-            box = self.query_one(Input)
-            self._echo = masked.notation()
-            box.value = self._echo
-        self.predict()
+            self._echo = masked.notation()  # `_typed` recognises this update as ours
+            self.query_one(Input).value = self._echo
 
     @on(SentenceEdited)
     def _edited(self, event: SentenceEdited) -> None:
@@ -238,10 +241,7 @@ class MaskExplorerScreen(Screen):
             return
         self.outcome = outcome
         if outcome.masked != self.masked:  # a random draw: show it and write it into the box
-            self.masked = outcome.masked
-            self.query_one(MaskedSentence).show(outcome.masked)
-            self._echo = outcome.masked.notation()
-            self.query_one(Input).value = self._echo
+            self._show_masked(outcome.masked, echo=True)
         prediction = outcome.primary.prediction
         notes = list(prediction.notes)
         mode = "one at a time, most confident first" if prediction.mode == FILL_ITERATIVE else "all at once"

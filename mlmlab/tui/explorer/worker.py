@@ -16,16 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 from mlmlab.notation import MaskedText
 from mlmlab.predict.results import AttentionMap, CheckpointRef, Prediction, disagreements
-from mlmlab.store import Store
-from mlmlab.tui.reader import READ_BUSY_MS, describe_error
+from mlmlab.tui.reader import describe_error, read_only_store
 from mlmlab.vocab import FILL_ALL
 
 if TYPE_CHECKING:
     from mlmlab.predict.loading import PredictorCache
-
-
-def open_store(db_path: Path) -> Store:
-    return Store(db_path, readonly=True, busy_timeout_ms=READ_BUSY_MS)
 
 
 # --- the run and checkpoint pickers ---------------------------------------------------------------
@@ -44,8 +39,8 @@ class Choices:
 def read_choices(db_path: Path, wanted: int | None) -> Choices:
     """The runs, and the checkpoints of run `wanted` (or of the newest run when `wanted` is gone)."""
     try:
-        with open_store(db_path) as store:
-            runs = store.runs()
+        with read_only_store(db_path) as store:
+            runs = store.run_states()  # id, name, effective status and step: all the pickers show
             ids = [r["id"] for r in runs]
             if not ids:
                 return Choices(runs)
@@ -108,7 +103,7 @@ def answer(request: Request, cache: PredictorCache, loading: Callable[[str], Non
     from mlmlab.predict.loading import resolve_checkpoint
 
     targets = [request.primary] + ([request.secondary] if request.secondary else [])
-    with open_store(request.db_path) as store:
+    with read_only_store(request.db_path) as store:
         refs = [resolve_checkpoint(store, t.run_id, t.step) for t in targets]
     predictors, loaded = [], []
     for ref in refs:

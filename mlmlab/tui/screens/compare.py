@@ -84,8 +84,9 @@ class CompareScreen(PlotScreen):
         self.stale_stats = set()
         plot = self.query_one_optional("#compare-plot", MetricPlot)
         buckets = max(60, plot.size.width if plot else 100)
+        configs_for = [] if self.diff_shown else self.run_ids  # the config diff is drawn once
         return CompareRequest(self.run_ids, self.x_axis, buckets, dict(self.book.last_id), self.at_step, stats_for,
-                              self.generation)
+                              self.generation, configs_for)
 
     def fetch(self, request: CompareRequest) -> ComparePoll:
         return poll_compare(self.app.db_path, request)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -62,7 +61,6 @@ class RunDetailScreen(PlotScreen):
         self.stamp = None
         self.sample_step: int | None = None
         self.log_offset = 0
-        self.config_json = ""
         self.config: dict[str, Any] = {}  # read again only when the poll says it changed (a resume)
         self.config_key: tuple | None = None
 
@@ -109,6 +107,7 @@ class RunDetailScreen(PlotScreen):
         self.run, self.summary, self.stamp = poll.run, poll.summary, poll.stamp
         if poll.config is not None:
             self.config, self.config_key = poll.config, poll.config_key
+            self.show_config_table()
         self.update_head()
         if poll.series is not None and poll.request.generation == self.generation:
             self.book.apply(self.run_id, poll.series, poll.request.buckets)
@@ -119,7 +118,7 @@ class RunDetailScreen(PlotScreen):
             self.show_samples(poll.samples)
         if poll.log is not None:
             self.show_log(poll.log)
-        self.show_config(poll.checkpoints)
+        self.show_checkpoints(poll.checkpoints)
 
     # --- drawing -------------------------------------------------------------------------------------
 
@@ -206,23 +205,23 @@ class RunDetailScreen(PlotScreen):
             view.write_lines(log.lines)
         self.log_offset = log.offset
 
-    def show_config(self, checkpoints: list[dict[str, Any]]) -> None:
+    def show_config_table(self) -> None:
+        """The config tab's table: drawn when the config is read (first poll, and after a resume)."""
         from mlmlab.config import describe, flatten
 
+        table = self.query_one("#config-table", DataTable)
+        table.clear()
+        for key, value in flatten(self.config).items():
+            try:
+                about = describe(key)
+            except (KeyError, AttributeError, ValueError):
+                about = ""
+            table.add_row(Text(key), Text(repr(value) if isinstance(value, str) else str(value)), Text(about, style="dim"))
+
+    def show_checkpoints(self, checkpoints: list[dict[str, Any]]) -> None:
         run = self.run
         if run is None:
             return
-        config_json = json.dumps(self.config, sort_keys=True)
-        if config_json != self.config_json:
-            self.config_json = config_json
-            table = self.query_one("#config-table", DataTable)
-            table.clear()
-            for key, value in flatten(self.config).items():
-                try:
-                    about = describe(key)
-                except (KeyError, AttributeError, ValueError):
-                    about = ""
-                table.add_row(Text(key), Text(repr(value) if isinstance(value, str) else str(value)), Text(about, style="dim"))
         text = Text()
         text.append(f"folder {run['run_dir']}\n", style="dim")
         if run.get("command"):
