@@ -9,18 +9,27 @@ from __future__ import annotations
 import sys
 import time
 
+from mlmlab.config import ExperimentConfig
+from mlmlab.engine.schedule import longest_seq_len
 from mlmlab.token_cache import prepare_corpus
 
 
-def prepare_ahead(source: str, kind: str = "char", max_chars: int = 0, valid_fraction: float = 0.05,
-                  min_len: int = 65, stream=None) -> dict:
-    """Prepare `source`'s cache and return its figures (tokens, vocabulary, bytes, seconds, built)."""
+def corpus_arguments(cfg: ExperimentConfig) -> dict:
+    """`prepare_corpus`'s settings for runs of `cfg`: a run's start and `mlmlab data` pass the same ones,
+    so they build (and find) the same cache. Each side of the split must hold the longest window."""
+    d = cfg.data
+    return {"kind": d.tokenizer, "max_chars": d.max_chars, "valid_fraction": d.valid_fraction,
+            "min_len": longest_seq_len(cfg) + 1}
+
+
+def prepare_ahead(cfg: ExperimentConfig, stream=None) -> dict:
+    """Prepare the cache of `cfg`'s corpus and return its figures (tokens, vocabulary, bytes, seconds, built)."""
     stream = stream or sys.stderr
     started = time.perf_counter()
     with _Bar(stream) as bar:
-        tokenizer, cache = prepare_corpus(source, kind=kind, max_chars=max_chars, valid_fraction=valid_fraction,
-                                          min_len=min_len, progress=bar.advance, on_message=bar.say)
-    return {"source": source, "tokenizer": kind, "tokens": cache.n_tokens, "vocab_size": tokenizer.vocab_size,
+        tokenizer, cache = prepare_corpus(cfg.data.source, **corpus_arguments(cfg), progress=bar.advance,
+                                          on_message=bar.say)
+    return {"source": cfg.data.source, "tokenizer": cfg.data.tokenizer, "tokens": cache.n_tokens, "vocab_size": tokenizer.vocab_size,
             "documents": len(cache.docs), "bytes_on_disk": cache.nbytes, "seconds": time.perf_counter() - started,
             "built": cache.built, "path": str(cache.path)}
 

@@ -11,7 +11,7 @@ import torch
 from mlmlab.config import ExperimentConfig
 from mlmlab.data import split_segments
 from mlmlab.masking_strategies import WordMasking, word_masking
-from mlmlab.engine.schedule import longest_seq_len
+from mlmlab.data_prep import corpus_arguments
 from mlmlab.token_cache import TokenCache, TokenView, prepare_corpus
 from mlmlab.tokenizer import CharTokenizer
 
@@ -25,7 +25,6 @@ class PreparedData:
     tokenizer: CharTokenizer
     train_ids: TokenView  # 1-D view of the token cache's memmap; `to_device` copies it to an accelerator once
     valid_ids: TokenView  # the held-out side (eval batches are built once from it)
-    n_chars: int  # tokens in the corpus (one per character with the char tokenizer)
     cache: TokenCache
 
 
@@ -33,11 +32,10 @@ def prepare_data(cfg: ExperimentConfig, tokenizer: CharTokenizer | None = None, 
                  on_message: Callable[[str], None] = _say) -> PreparedData:
     """The corpus tokenised through the token cache (built on first use, reused after) and split.
     A resumed run passes its saved tokenizer, whose own cache is used."""
-    min_len = longest_seq_len(cfg) + 1
-    tokenizer, cache = prepare_corpus(cfg.data.source, tokenizer, kind=cfg.data.tokenizer, max_chars=cfg.data.max_chars,
-                                      valid_fraction=cfg.data.valid_fraction, min_len=min_len, on_message=on_message)
-    train, valid = split_segments(cache.n_tokens, cfg.data.valid_fraction, min_len)
-    return PreparedData(tokenizer, TokenView(cache.ids, train), TokenView(cache.ids, valid), cache.n_tokens, cache)
+    settings = corpus_arguments(cfg)
+    tokenizer, cache = prepare_corpus(cfg.data.source, tokenizer, **settings, on_message=on_message)
+    train, valid = split_segments(cache.n_tokens, settings["valid_fraction"], settings["min_len"])
+    return PreparedData(tokenizer, TokenView(cache.ids, train), TokenView(cache.ids, valid), cache)
 
 
 def mask_strategy(tokenizer: CharTokenizer, cfg: ExperimentConfig, device: torch.device) -> WordMasking | None:
