@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from mlmlab.errors import MlmlabError
-from mlmlab.paths import require_db_folder
+from mlmlab.paths import default_db_path, require_db_folder
 
 EXIT_USER_ERROR = 2
 DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps (overrides train.device)"
@@ -126,8 +126,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
     cfg = load_config(None, [f"data.source={args.source}", f"data.tokenizer={args.tokenizer}",  # the run's checks
                              f"data.max_chars={args.max_chars}", f"data.valid_fraction={args.valid_fraction}"])
-    fig = prepare_ahead(cfg.data.source, cfg.data.tokenizer, cfg.data.max_chars, cfg.data.valid_fraction,
-                        min_len=cfg.train.seq_len + 1)
+    fig = prepare_ahead(cfg)
     print(json.dumps(fig, indent=2) if args.json else format_figures(fig))
     return 0
 
@@ -138,13 +137,11 @@ def add_db(parser: argparse.ArgumentParser) -> None:
 
 
 def db_path(args: argparse.Namespace) -> Path:
-    from mlmlab.paths import default_db_path  # not mlmlab.store: the app must start before sqlite-utils loads
-
     return getattr(args, "db", None) or default_db_path()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from mlmlab.ops import new_run, resume_run
+    from mlmlab.launcher import new_run, resume_run
     from mlmlab.progress import pick_reporter
     from mlmlab.engine.trainer import NonFiniteLoss
 

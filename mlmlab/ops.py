@@ -1,11 +1,11 @@
-"""Operations on a run: start, resume, stop, delete. The CLI and the app both call these.
+"""Operations on an existing run: stop, delete, and whether it can resume. The CLI and the app both call these.
 
 Each operation returns what happened; the caller words it (the CLI prints a line, the app a
 notification), so the two keep their own texts over one behaviour. Problems the user can fix
 (an unknown run, a broken database) arrive as the store's and the launcher's `MlmlabError`s.
 
-No torch at import: the app imports this to stop and delete runs, and training modules load only
-inside `new_run` and `resume_run`, which train in this process.
+No torch: the app imports this to stop and delete runs. Starting and resuming a run is
+`mlmlab.launcher`'s (`mlmlab run`, which the app launches as a process of its own).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlmlab.paths import require_db_folder
 from mlmlab.store import BUSY_TIMEOUT_MS, Store, signal_stop
 from mlmlab.vocab import ACTIVE, RUNNING
 
@@ -23,26 +22,6 @@ from mlmlab.vocab import ACTIVE, RUNNING
 STILL_ACTIVE, FOLDER_GONE, NO_CHECKPOINT = "active", "folder gone", "no checkpoint"
 
 QUEUED_POLL_S = 0.25
-
-
-def new_run(db_path: Path, config: str | None, sets: list[str], **options: Any) -> tuple[int | None, str]:
-    """Validate a config, create its run and train it in this process. Returns (run id, final status).
-
-    `options` are `mlmlab.launcher.new_run`'s (name, device, reporter, id_file).
-    """
-    from mlmlab.launcher import new_run as train_new_run
-
-    return train_new_run(db_path, config, sets, **options)
-
-
-def resume_run(db_path: Path, ref: str, sets: list[str], **options: Any) -> tuple[int, str]:
-    """Continue run `ref` (id or name) from its latest checkpoint, in this process. Returns (run id, final status).
-
-    `options` are `mlmlab.launcher.resume_run`'s (device, reporter, id_file).
-    """
-    from mlmlab.launcher import resume_run as train_resume_run
-
-    return train_resume_run(db_path, ref, sets, **options)
 
 
 def resume_problem(run: dict[str, Any]) -> str | None:
@@ -79,9 +58,9 @@ def stop_run(db_path: Path, ref: str | int, *, wait_while_queued_s: float | None
     long for it to be running, and gives up (`asked` False, status queued) after; without it a
     queued run is asked at once.
     """
-    require_db_folder(db_path)  # a run to stop is in a database that exists: never create its folder
     deadline = time.monotonic() + (wait_while_queued_s or 0.0)
-    with Store(db_path, busy_timeout_ms=busy_timeout_ms) as store:
+    # must_exist: the run to stop is in a database that is there; a typo creates nothing
+    with Store(db_path, busy_timeout_ms=busy_timeout_ms, must_exist=True) as store:
         while True:
             run = store.find_run(ref)
             if run["status"] not in ACTIVE:
@@ -97,6 +76,5 @@ def stop_run(db_path: Path, ref: str | int, *, wait_while_queued_s: float | None
 
 def delete_run(db_path: Path, run_id: int, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
     """Delete a run's rows and its folder (the store refuses while it is active)."""
-    require_db_folder(db_path)
-    with Store(db_path, busy_timeout_ms=busy_timeout_ms) as store:
+    with Store(db_path, busy_timeout_ms=busy_timeout_ms, must_exist=True) as store:
         store.delete_run(run_id)

@@ -531,6 +531,13 @@ def test_readers_refuse_a_database_whose_folder_is_missing(capsys, tmp_path, mon
     assert not list(tmp_path.iterdir())
 
 
+def test_stop_on_a_database_file_that_is_not_there_creates_nothing(capsys, tmp_path):
+    db = tmp_path / "typo.db"
+    code, err = cli(capsys, "stop", "1", "--db", str(db))
+    assert code == 2 and only_line(err) == f"mlmlab: error: database {db}: no such file"
+    assert not list(tmp_path.iterdir())
+
+
 def test_store_stop_and_broken_database_give_one_line(capsys, tmp_path):
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"not sqlite" * 500)

@@ -64,9 +64,11 @@ class StoreConnection:
     reader may prefer to fail fast and say the database is locked.
     """
 
-    def __init__(self, path: str | Path | None = None, readonly: bool = False, busy_timeout_ms: int = BUSY_TIMEOUT_MS):
+    def __init__(self, path: str | Path | None = None, readonly: bool = False, busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+                 must_exist: bool = False):
         self.path = Path(path) if path is not None else default_db_path()
         self.readonly = readonly
+        self.must_exist = must_exist or readonly  # a reader, or a writer to runs that must already be there
         self.busy_timeout_ms = busy_timeout_ms
         self.db = Database(self._connect())
         self._identity = self._file_identity()
@@ -93,10 +95,11 @@ class StoreConnection:
     def _connect(self, immutable: bool = False) -> sqlite3.Connection:
         if self.path.is_dir():
             raise StoreError(f"database {self.path}: is a folder, not a database file")
-        if self.readonly:
+        if self.must_exist:
             require_db_folder(self.path)  # a missing folder is a typo: say so, and create nothing
             if not self.path.is_file():
                 raise StoreError(f"database {self.path}: no such file")
+        if self.readonly:
             uri = f"file:{quote(str(self.path.resolve()))}?mode=ro" + ("&immutable=1" if immutable else "")
             try:
                 conn = sqlite3.connect(uri, uri=True, timeout=self.busy_timeout_ms / 1000)

@@ -21,7 +21,7 @@ from mlmlab.errors import StoreError
 from mlmlab.store.connection import clean_text
 from mlmlab.store.liveness import effective_status, this_host
 from mlmlab.store.records import RecordQueries
-from mlmlab.vocab import ACTIVE, QUEUED, STATUSES
+from mlmlab.vocab import ACTIVE, QUEUED, RUNNING, STATUSES
 
 # The columns of `runs` but its two JSON documents (config, vocab): a row cheap to read every second.
 LEAN_COLUMNS = (
@@ -122,7 +122,7 @@ class Store(RecordQueries):
     def start_run(self, run_id: int, *, device: str, precision: str, n_params: int) -> None:
         now = time.time()
         self.update_run(
-            run_id, status="running", started_at=now, heartbeat_at=now, ended_at=None, error=None,
+            run_id, status=RUNNING, started_at=now, heartbeat_at=now, ended_at=None, error=None,
             pid=os.getpid(), host=this_host(), device=device, precision=precision, n_params=n_params,
             stop_requested=0,
         )
