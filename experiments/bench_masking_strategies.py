@@ -16,8 +16,9 @@ import torch
 
 from mlmlab.data import load_corpus
 from mlmlab.masking import mask_tokens, n_chosen_for
-from mlmlab.masking_strategies import STRATEGIES, word_masking
+from mlmlab.masking_strategies import word_masking
 from mlmlab.tokenizer import CharTokenizer
+from mlmlab.vocab import MASK_STRATEGIES
 
 
 def time_calls(call, device: torch.device, n: int = 200, warmup: int = 20) -> float:
@@ -52,7 +53,7 @@ def main() -> None:
         ids = stream[starts.unsqueeze(1) + torch.arange(T, device=device)]
         n_chosen = n_chosen_for(ids.numel(), 0.15)
         row = []
-        for name in STRATEGIES:
+        for name in MASK_STRATEGIES:
             how = word_masking(name, tok, device)
             ms = time_calls(lambda: mask_tokens(ids, vocab_size=tok.vocab_size, masking_prob=0.15, randomize_prob=0.1,
                                                 no_change_prob=0.1, generator=gen, n_chosen=n_chosen, strategy=how), device)

@@ -34,9 +34,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from mlmlab.config.schema import MaskConfig
 from mlmlab.tokenizer import N_SPECIAL
 
-STRATEGIES = ("token", "whole_word", "span")
+SPAN_DEFAULTS = MaskConfig()  # span_p and span_max_words as the config defines them
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,8 @@ class WordMasking:
     kind: str  # "whole_word" or "span"
     gaps: torch.Tensor  # (V,) bool: ids that are between words (whitespace, special tokens)
     starts: torch.Tensor  # (V,) bool: ids that always begin a new word (all False for chars)
-    span_p: float = 0.2
-    span_max_words: int = 10
+    span_p: float = SPAN_DEFAULTS.span_p
+    span_max_words: int = SPAN_DEFAULTS.span_max_words
 
     def word_ids(self, ids: torch.Tensor) -> torch.Tensor:
         """Row-local word index of each position of a (B, T) batch, -1 on gaps."""
@@ -65,12 +66,12 @@ class WordMasking:
 
 
 def word_masking(strategy: str, tokenizer, device: torch.device | str = "cpu",
-                 span_p: float = 0.2, span_max_words: int = 10) -> WordMasking | None:
-    """The strategy for `mask.strategy`, with the tokenizer's word tables on `device`; None for "token"."""
+                 span_p: float = SPAN_DEFAULTS.span_p,
+                 span_max_words: int = SPAN_DEFAULTS.span_max_words) -> WordMasking | None:
+    """The strategy for `mask.strategy` (validated by the config), with the tokenizer's word tables on
+    `device`; None for "token"."""
     if strategy == "token":
         return None
-    if strategy not in STRATEGIES:
-        raise ValueError(f"mask.strategy = {strategy!r}: must be one of {', '.join(STRATEGIES)}")
     gaps, starts = word_tables(tokenizer)
     as_tensor = lambda flags: torch.tensor(flags, dtype=torch.bool, device=device)  # noqa: E731
     return WordMasking(strategy, as_tensor(gaps), as_tensor(starts), span_p, span_max_words)

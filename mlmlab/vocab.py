@@ -25,6 +25,9 @@ KIND_LABELS = {MASKED: "[MASK]", RANDOM: "random token", KEEP: "unchanged"}  # f
 FILL_ALL, FILL_ITERATIVE = "all", "iterative"  # all at once, or one at a time, most confident first
 FILL_MODES = (FILL_ALL, FILL_ITERATIVE)
 
+# --- masking strategies: what `mask.strategy` chooses as a unit -----------------------------------
+MASK_STRATEGIES = ("token", "whole_word", "span")
+
 # --- token display: one printable cell per token ------------------------------------------------
 # Whitespace would be invisible and a special token five cells wide where one character belongs.
 # [UNK] is U+FFFD, the replacement character, so it is not read as a literal "?" in the text.

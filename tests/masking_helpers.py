@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from mlmlab.masking_strategies import STRATEGIES, WordMasking
+from mlmlab.masking_strategies import WordMasking
 from mlmlab.tokenizer import N_SPECIAL
+from mlmlab.vocab import MASK_STRATEGIES as STRATEGIES
 
 N_GAP_IDS = 6  # ids N_SPECIAL .. N_SPECIAL + 5 count as whitespace
 

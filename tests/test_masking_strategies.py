@@ -18,10 +18,11 @@ from mlmlab.data import load_corpus
 from mlmlab.errors import ConfigError
 from mlmlab.masking import mask_tokens, maskable, n_chosen_for
 from mlmlab.masking_strategies import (
-    STRATEGIES, expected_span_length, span_chunks, span_lengths, unit_starts, word_masking,
+    expected_span_length, span_chunks, span_lengths, unit_starts, word_masking,
 )
 from mlmlab.tokenizer import N_SPECIAL, PAD_ID, UNK_ID, CharTokenizer
 from mlmlab.vocab import KIND_NONE, KIND_RANDOM
+from mlmlab.vocab import MASK_STRATEGIES as STRATEGIES
 
 SPLIT = dict(masking_prob=0.15, randomize_prob=0.1, no_change_prob=0.1)
 

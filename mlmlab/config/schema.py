@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mlmlab.errors import ConfigError, quoted
 from mlmlab.paths import path_kind
+from mlmlab.vocab import MASK_STRATEGIES
 
 SECTIONS = ("data", "model", "mask", "train")
 MAX_STEPS = 10**12  # step counts are stored as SQLite INTEGERs and multiplied by tokens per step
@@ -48,7 +49,7 @@ class MaskConfig(_Section):
     randomize_prob: float = Field(0.1, ge=0, le=1, description="share of chosen positions replaced by a random real token")
     no_change_prob: float = Field(0.1, ge=0, le=1, description="share of chosen positions left unchanged")
     no_mask_tokens: list[str] = Field(default_factory=list, description="tokens never chosen, e.g. [' ', '\\n']")
-    strategy: Literal["token", "whole_word", "span"] = Field(
+    strategy: Literal[MASK_STRATEGIES] = Field(
         "token", description="choose single tokens, whole words, or spans of whole words (evaluation always uses token)")
     span_p: float = Field(0.2, gt=0, lt=1, description="span strategy: geometric parameter of span lengths in words (SpanBERT: 0.2)")
     span_max_words: int = Field(10, ge=1, le=1000, description="span strategy: longest span in words; longer draws are redrawn (SpanBERT: 10)")

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from mlmlab.checkpoints import load_checkpoint
+from mlmlab.config.schema import MaskConfig
 from mlmlab.errors import CheckpointError, MlmlabError, NotationError
 from mlmlab.masking import mask_tokens
 from mlmlab.masking_strategies import word_masking
@@ -196,16 +197,15 @@ class Predictor:
         n, limit = len(ids), self.max_seq_len
         start = max(0, min(around - limit // 2, n - limit)) if n > limit else 0
         window = torch.tensor([ids[start : start + limit]], dtype=torch.long)
-        cfg = self.config["mask"]
-        no_mask = self.tokenizer.ids_of(cfg.get("no_mask_tokens", []))
+        # The config's own section: it fills the keys an older checkpoint lacks (mask.strategy: token).
+        k = MaskConfig.model_validate(self.config["mask"])
+        no_mask = self.tokenizer.ids_of(k.no_mask_tokens)
         batch = mask_tokens(
-            window, vocab_size=self.tokenizer.vocab_size, masking_prob=cfg["masking_prob"],
-            randomize_prob=cfg["randomize_prob"], no_change_prob=cfg["no_change_prob"],
+            window, vocab_size=self.tokenizer.vocab_size, masking_prob=k.masking_prob,
+            randomize_prob=k.randomize_prob, no_change_prob=k.no_change_prob,
             generator=torch.Generator().manual_seed(seed),
             no_mask_ids=torch.tensor(no_mask, dtype=torch.long) if no_mask else None,
-            # a checkpoint saved before mask.strategy existed trained with single tokens
-            strategy=word_masking(cfg.get("strategy", "token"), self.tokenizer, "cpu",
-                                  cfg.get("span_p", 0.2), cfg.get("span_max_words", 10)),
+            strategy=word_masking(k.strategy, self.tokenizer, "cpu", k.span_p, k.span_max_words),
         )
         if batch.positions.numel() == 0:
             raise NotationError("nothing here can be masked as training does: the model knows none of these characters")
