@@ -21,7 +21,7 @@ import numpy as np
 
 from mlmlab.corpus import BLOCK_CHARS, held_out_blocks, open_corpus
 from mlmlab.errors import DataError
-from mlmlab.paths import cache_dir
+from mlmlab.paths import cache_dir, write_text_atomic
 
 _SKIP_DIRS = {"test", "tests", "idlelib", "site-packages", "lib2to3", "turtledemo", "__pycache__"}
 
@@ -80,9 +80,7 @@ def _docstrings(path: Path) -> list[str]:
 def _write_atomic(path: Path, text: str) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, delete=False, suffix=".tmp") as tmp:
-            tmp.write(text)
-        os.replace(tmp.name, path)
+        write_text_atomic(path, text)
     except OSError:
         pass  # the cache is an optimisation; an unwritable cache folder only costs time
 

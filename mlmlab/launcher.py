@@ -18,6 +18,7 @@ from mlmlab import checkpoints as ckpt
 from mlmlab.config import RESUMABLE_KEYS, SHAPE_KEYS, ExperimentConfig, build_config, load_config, parse_overrides
 from mlmlab.devices import resolve_device, resolve_precision
 from mlmlab.errors import CheckpointError, ConfigError, MlmlabError, StoreError
+from mlmlab.paths import write_text_atomic
 from mlmlab.store import Store
 from mlmlab.tokenizer import tokenizer_from_dict
 from mlmlab.vocab import ACTIVE
@@ -192,10 +193,8 @@ def write_id_file(path: Path | None, run_id: int) -> None:
     if path is None:
         return
     path = Path(path)
-    temp = path.with_name(path.name + ".tmp")
     try:
-        temp.write_text(f"{run_id}\n", encoding="ascii")
-        os.replace(temp, path)
+        write_text_atomic(path, f"{run_id}\n")
     except OSError as exc:
         print(f"mlmlab: could not write the run id to {path} ({exc.strerror})", file=sys.stderr)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 import platformdirs
@@ -39,6 +40,18 @@ def require_db_folder(db_path: str | Path) -> None:
     except (OSError, ValueError):
         return  # no permission, a name the OS refuses: opening the database says what is wrong
     raise StoreError(f"database {path}: its folder {folder} {problem}")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to a temporary file beside `path` and rename it over `path`, so a reader sees the
+    old file or the new one, never half of one. Raises OSError; the temp file ends in `.tmp`."""
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, delete=False, suffix=".tmp") as tmp:
+        tmp.write(text)
+    try:
+        os.replace(tmp.name, path)
+    except OSError:
+        os.unlink(tmp.name)
+        raise
 
 
 def cache_dir() -> Path:

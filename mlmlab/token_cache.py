@@ -27,7 +27,7 @@ import numpy as np
 
 from mlmlab.corpus import BLOCK_CHARS, CHUNK_BYTES, Corpus, code_points, paragraph_starts
 from mlmlab.errors import DataError
-from mlmlab.paths import cache_dir
+from mlmlab.paths import cache_dir, write_text_atomic
 
 MAGIC = b"MLMLAB-TOKENS-1\n"
 HEADER_BYTES = 4096
@@ -40,7 +40,6 @@ class TokenCache:
     ids: np.ndarray  # read-only memmap, 1-D
     docs: np.ndarray  # read-only memmap of document start offsets, int64
     built: bool  # tokenised by this call (False: an existing file was reused)
-    seconds: float
 
     @property
     def n_tokens(self) -> int:
@@ -82,23 +81,21 @@ def content_hash(corpus: Corpus, progress: Callable[[int], None] | None = None, 
     return digest
 
 
-def load_or_build(corpus: Corpus, tokenizer, max_chars: int = 0, *, digest: str | None = None,
+def load_or_build(corpus: Corpus, tokenizer, max_chars: int = 0, *, digest: str,
                   chunk_bytes: int = CHUNK_BYTES, progress: Callable[[int], None] | None = None,
                   on_message: Callable[[str], None] = lambda text: None) -> TokenCache:
     """The cache of `corpus` under `tokenizer`: reused when a valid file exists, else built."""
-    start = time.perf_counter()
-    digest = digest or content_hash(corpus)
     key = cache_key(digest, max_chars, tokenizer)
     path = tokens_dir() / f"{key}.tok"
     if path.exists():
         try:
             ids, docs = open_cache(path, key)
-            return TokenCache(path, ids, docs, False, time.perf_counter() - start)
+            return TokenCache(path, ids, docs, False)
         except DataError as exc:
             on_message(f"{exc}; rebuilding it")
     write_cache(path, key, corpus, tokenizer, max_chars, chunk_bytes, progress)
     ids, docs = open_cache(path, key)
-    return TokenCache(path, ids, docs, True, time.perf_counter() - start)
+    return TokenCache(path, ids, docs, True)
 
 
 def prepare_corpus(source: str, tokenizer=None, *, kind: str = "char", max_chars: int = 0, valid_fraction: float = 0.05,
@@ -120,10 +117,8 @@ def corpus_tokenizer(corpus: Corpus, digest: str, kind: str, max_chars: int, val
     """The tokenizer a new run builds from the corpus's training split, remembered by content so a
     second run does not read the corpus again. Another kind plugs in here, trained its own way."""
     from mlmlab.corpus import _digest, train_char_counts
-    from mlmlab.tokenizer import CharTokenizer, tokenizer_from_dict
+    from mlmlab.tokenizer import build_tokenizer, tokenizer_from_dict
 
-    if kind != "char":
-        raise DataError(f"data.tokenizer = {kind!r}: must be 'char'")
     memo = tokens_dir() / f"vocab-{_digest([FORMAT, kind, digest, max_chars, valid_fraction])}.json"
     try:
         saved = json.loads(memo.read_text())
@@ -133,7 +128,7 @@ def corpus_tokenizer(corpus: Corpus, digest: str, kind: str, max_chars: int, val
     except (OSError, ValueError, KeyError, TypeError, DataError):
         pass
     counts, n = train_char_counts(corpus, max_chars, valid_fraction, min_len, chunk_bytes, progress)
-    tokenizer = CharTokenizer.from_counts(counts)
+    tokenizer = build_tokenizer(kind, counts)
     _write_json(memo, {"tokenizer": tokenizer.to_dict(), "n": n, "min_len": min_len})
     return tokenizer
 
@@ -233,9 +228,7 @@ def _header(key: str, dtype, n: int, n_docs: int, tokenizer, corpus: Corpus) -> 
 
 def _write_json(path: Path, obj) -> None:
     try:
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
-            json.dump(obj, tmp)
-        os.replace(tmp.name, path)
+        write_text_atomic(path, json.dumps(obj))
     except OSError:
         pass  # a memo only saves time
 

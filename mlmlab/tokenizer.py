@@ -80,10 +80,11 @@ class CharTokenizer:
         return cls(data["chars"])
 
 
-def build_tokenizer(kind: str, text: str) -> CharTokenizer:
+def build_tokenizer(kind: str, counts: Mapping[str, int]) -> CharTokenizer:
+    """A new run's tokenizer of `kind` from its training split's character counts (other kinds plug in here)."""
     if kind != "char":
         raise DataError(f"data.tokenizer = {kind!r}: must be 'char'")
-    return CharTokenizer.from_text(text)
+    return CharTokenizer.from_counts(counts)
 
 
 def tokenizer_from_dict(data: dict) -> CharTokenizer:
