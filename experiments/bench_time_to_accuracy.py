@@ -46,7 +46,7 @@ from mlmlab.masking import IGNORE, mask_tokens, n_chosen_for
 from mlmlab.tokenizer import PAD_ID
 from mlmlab.engine.data import prepare_data
 from mlmlab.engine.evaluation import build_eval_set, evaluate
-from mlmlab.engine.schedule import describe_stages, seq_len_stages, stage_at
+from mlmlab.engine.schedule import describe_stages, seq_len_stages
 
 
 def log(text: str) -> None:
@@ -107,7 +107,7 @@ class Mlmlab(Contender):
         self.name = name
         self.cfg = cfg
         self.precision = resolve_precision(cfg.train.precision, device)
-        self.setup = build_setup(cfg, device, self.precision, data.train_ids, data.tokenizer.vocab_size)
+        self.setup = build_setup(cfg, device, self.precision, data.train_ids, data.tokenizer.vocab_size, data.tokenizer)
         self.model = self.setup.runner.model
         self.device = device
 
@@ -117,8 +117,7 @@ class Mlmlab(Contender):
             time.sleep(0.01)  # the preset's step budget is spent: it would have stopped here
             return 0
         out = self.setup.runner.step(self.steps, self.seconds)
-        stage = stage_at(self.steps, self.cfg)
-        tokens = stage.batch_size * stage.seq_len
+        tokens = out.tokens
         self.setup.window.add(out, tokens)
         if (self.steps + 1) % t.log_every == 0:
             self.last_stats = self.setup.window.drain(self.steps + 1)  # the loop's one host read per log line

@@ -3,8 +3,8 @@
 It runs real training steps of the configured model through the same `StepRunner` the training
 loop uses (window sampling, masking, forward, backward, gradient clipping, optimizer update, the
 on-device metric window) after a few warm-up steps (which include `torch.compile`'s compilation
-when compile is on), with no database. Short-sequence warm-up is ignored: every step is timed at
-`train.seq_len`.
+when compile is on), with no database. The sequence-length curriculum (and the older short warm-up)
+is switched off: every step is timed at `train.seq_len`.
 
 Model FLOPs per token (a multiply-add is 2 FLOPs; training = forward + backward = 3 × forward):
 
@@ -120,8 +120,11 @@ class BenchSetup:
 
 
 def build_setup(cfg: ExperimentConfig, device: torch.device, precision: str, train_ids: torch.Tensor,
-                vocab_size: int, no_mask_ids: torch.Tensor | None = None, strategy=None) -> BenchSetup:
-    state = build_state(cfg, device, precision, train_ids, vocab_size, no_mask_ids, strategy=strategy)
+                vocab_size: int, tokenizer=None) -> BenchSetup:
+    """With the corpus's `tokenizer`, masking follows the config as a run's does (mask.no_mask_tokens,
+    mask.strategy); synthetic token streams have none and mask single tokens."""
+    no_mask, strategy = (no_mask_ids(tokenizer, cfg, device), mask_strategy(tokenizer, cfg, device)) if tokenizer else (None, None)
+    state = build_state(cfg, device, precision, train_ids, vocab_size, no_mask, strategy=strategy)
     window = MetricWindow(device, cfg.train.skip_nonfinite)
     return BenchSetup(cfg, state.runner, window, device, precision, state.model.n_params(), state.model.args)
 
@@ -129,10 +132,10 @@ def build_setup(cfg: ExperimentConfig, device: torch.device, precision: str, tra
 def time_steps(setup: BenchSetup, steps: int, first_step: int = 0) -> list[float]:
     """Seconds per step for `steps` consecutive training steps."""
     timer = StepTimer(setup.device)
-    tokens = setup.cfg.train.batch_size * setup.cfg.train.seq_len
     timer.mark()
     for i in range(steps):
-        setup.window.add(setup.runner.step(first_step + i), tokens)
+        out = setup.runner.step(first_step + i)
+        setup.window.add(out, out.tokens)
         timer.mark()
     return timer.seconds()
 
@@ -143,8 +146,7 @@ def run_bench(cfg: ExperimentConfig, device: torch.device, precision: str, *, st
     cfg = cfg.with_overrides({"train.short_seq_len": 0, "train.short_seq_steps": 0, "train.seq_len_schedule": []})
     data = prepare_data(cfg)
     tok = data.tokenizer
-    setup = build_setup(cfg, device, precision, data.train_ids, tok.vocab_size, no_mask_ids(tok, cfg, device),
-                        mask_strategy(tok, cfg, device))
+    setup = build_setup(cfg, device, precision, data.train_ids, tok.vocab_size, tok)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()

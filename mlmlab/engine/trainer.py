@@ -108,9 +108,8 @@ class Trainer:
         status = "completed"
         last_eval: dict[str, float] = {}
         while progress.step < t.steps:
-            stage = schedule.stage_at(progress.step, cfg)
-            step_tokens = stage.batch_size * stage.seq_len * self.world_size
             out = state.runner.step(progress.step, progress.elapsed)
+            step_tokens = out.tokens * self.world_size
             progress.step += 1
             progress.tokens += step_tokens
             window.add(out, step_tokens)
@@ -120,7 +119,8 @@ class Trainer:
             if at_log:
                 stats = window.drain(progress.step)
                 stats["lr"] = schedule.lr_at(progress.step - 1, cfg, last_elapsed)
-                stats["seq_len"] = float(stage.seq_len)  # of this window's last step: the curriculum on the plots
+                stage = schedule.stage_at(progress.step - 1, cfg)  # this window's last step: the curriculum on the plots
+                stats["seq_len"] = float(stage.seq_len)
                 if schedule.batch_varies(cfg):
                     stats["batch_size"] = float(stage.batch_size)
                 self._log(progress, stats)
