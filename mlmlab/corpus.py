@@ -48,7 +48,7 @@ class Corpus:
     def fingerprint(self) -> str:
         """Names, sizes and modification times: a cheap pre-check for whether the content changed."""
         stats = [(str(p.resolve()), *_stat(p)) for p in self.files]
-        return _digest({"source": self.source, "files": stats, "py": sys.version_info[:2]})
+        return stable_digest({"source": self.source, "files": stats, "py": sys.version_info[:2]})
 
     def content_hash(self, progress: Callable[[int], None] | None = None, chunk_bytes: int = CHUNK_BYTES) -> str:
         """A hash over every byte read, each file's name relative to the folder, and the document rule."""
@@ -121,13 +121,44 @@ def held_out_blocks(first_block: int, n_blocks: int, valid_fraction: float) -> n
     return np.mod(i * GOLDEN, 1.0) < valid_fraction
 
 
+def split_segments(n: int, valid_fraction: float, min_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic train / held-out split of positions 0..n, as (start, stop) rows for each side.
+
+    Blocks of BLOCK_CHARS positions go to the held-out side when the fractional part of i·φ falls
+    below `valid_fraction` (a low-discrepancy sequence), so the held-out text samples every part of
+    the corpus rather than only its tail. Small corpora fall back to holding out the tail. With the
+    char tokenizer a position is a character, so this is the split every earlier run used.
+    """
+    n_blocks = n // BLOCK_CHARS
+    if n_blocks >= 20:
+        starts = np.arange(0, n, BLOCK_CHARS, dtype=np.int64)
+        valid = held_out_blocks(0, len(starts), valid_fraction)
+        train_segs, valid_segs = _runs(starts, ~valid, n), _runs(starts, valid, n)
+    else:
+        cut = max(n - max(int(n * valid_fraction), min_len), 0)
+        train_segs, valid_segs = np.array([[0, cut]], np.int64), np.array([[cut, n]], np.int64)
+    n_train = int((train_segs[:, 1] - train_segs[:, 0]).sum())
+    if n_train < min_len or n - n_train < min_len:
+        raise DataError(
+            f"the corpus has {n} characters: too short for train.seq_len windows "
+            f"(needs at least {min_len} characters on each side of the train / held-out split)"
+        )
+    return train_segs, valid_segs
+
+
+def _runs(starts: np.ndarray, chosen: np.ndarray, n: int) -> np.ndarray:
+    """Maximal runs of consecutive chosen blocks, as (start, stop) rows."""
+    flags = np.concatenate([[False], chosen, [False]]).astype(np.int8)
+    edges = np.flatnonzero(np.diff(flags))
+    bounds = np.append(starts, n)
+    return np.stack([bounds[edges[0::2]], bounds[edges[1::2]]], axis=1).astype(np.int64)
+
+
 def train_char_counts(corpus: Corpus, max_chars: int, valid_fraction: float, min_len: int,
                       chunk_bytes: int = CHUNK_BYTES, progress: Callable[[int], None] | None = None) -> tuple[dict[str, int], int]:
     """Character counts over the training side of the split, and the corpus's length, in one
     streaming pass: exactly the counts `CharTokenizer.from_text(split_text(text)[0])` sees, without
     the text in memory."""
-    from mlmlab.data import split_segments
-
     counts = np.zeros(0, dtype=np.int64)  # grows to the largest code point seen, not to all of Unicode
     small: list[str] = []  # a corpus under 20 blocks is split by its tail, known only at the end
     pos, seen_text = 0, False
@@ -201,5 +232,6 @@ def _size(path: Path) -> int:
     return _stat(path)[0]
 
 
-def _digest(obj) -> str:
+def stable_digest(obj) -> str:
+    """A short hash of a JSON-able value, the same in every process (cache keys and memo names)."""
     return hashlib.blake2b(json.dumps(obj, sort_keys=True, default=str).encode(), digest_size=20).hexdigest()

@@ -17,9 +17,7 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
-from mlmlab.corpus import BLOCK_CHARS, held_out_blocks, open_corpus
+from mlmlab.corpus import open_corpus, split_segments
 from mlmlab.errors import DataError
 from mlmlab.paths import cache_dir, write_text_atomic
 
@@ -89,39 +87,6 @@ def split_text(text: str, valid_fraction: float, min_chars: int) -> tuple[str, s
     """The train / held-out split of a text in memory (see `split_segments`)."""
     train, valid = split_segments(len(text), valid_fraction, min_chars)
     return "".join(text[a:b] for a, b in train), "".join(text[a:b] for a, b in valid)
-
-
-def split_segments(n: int, valid_fraction: float, min_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic train / held-out split of positions 0..n, as (start, stop) rows for each side.
-
-    Blocks of BLOCK_CHARS positions go to the held-out side when the fractional part of i·φ falls
-    below `valid_fraction` (a low-discrepancy sequence), so the held-out text samples every part of
-    the corpus rather than only its tail. Small corpora fall back to holding out the tail. With the
-    char tokenizer a position is a character, so this is the split every earlier run used.
-    """
-    n_blocks = n // BLOCK_CHARS
-    if n_blocks >= 20:
-        starts = np.arange(0, n, BLOCK_CHARS, dtype=np.int64)
-        valid = held_out_blocks(0, len(starts), valid_fraction)
-        train_segs, valid_segs = _runs(starts, ~valid, n), _runs(starts, valid, n)
-    else:
-        cut = max(n - max(int(n * valid_fraction), min_len), 0)
-        train_segs, valid_segs = np.array([[0, cut]], np.int64), np.array([[cut, n]], np.int64)
-    n_train = int((train_segs[:, 1] - train_segs[:, 0]).sum())
-    if n_train < min_len or n - n_train < min_len:
-        raise DataError(
-            f"the corpus has {n} characters: too short for train.seq_len windows "
-            f"(needs at least {min_len} characters on each side of the train / held-out split)"
-        )
-    return train_segs, valid_segs
-
-
-def _runs(starts: np.ndarray, chosen: np.ndarray, n: int) -> np.ndarray:
-    """Maximal runs of consecutive chosen blocks, as (start, stop) rows."""
-    flags = np.concatenate([[False], chosen, [False]]).astype(np.int8)
-    edges = np.flatnonzero(np.diff(flags))
-    bounds = np.append(starts, n)
-    return np.stack([bounds[edges[0::2]], bounds[edges[1::2]]], axis=1).astype(np.int64)
 
 
 class WindowSampler:

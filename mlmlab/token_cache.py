@@ -25,9 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mlmlab.corpus import BLOCK_CHARS, CHUNK_BYTES, Corpus, code_points, paragraph_starts
+from mlmlab.corpus import (BLOCK_CHARS, CHUNK_BYTES, Corpus, code_points, open_corpus, paragraph_starts, stable_digest,
+                           train_char_counts)
 from mlmlab.errors import DataError
 from mlmlab.paths import cache_dir, write_text_atomic
+from mlmlab.tokenizer import build_tokenizer, tokenizer_from_dict
 
 MAGIC = b"MLMLAB-TOKENS-1\n"
 HEADER_BYTES = 4096
@@ -51,9 +53,7 @@ class TokenCache:
 
 
 def cache_key(content_hash: str, max_chars: int, tokenizer) -> str:
-    from mlmlab.corpus import _digest
-
-    return _digest({"format": FORMAT, "content": content_hash, "max_chars": max_chars, "tokenizer": tokenizer.to_dict()})
+    return stable_digest({"format": FORMAT, "content": content_hash, "max_chars": max_chars, "tokenizer": tokenizer.to_dict()})
 
 
 def tokens_dir() -> Path:
@@ -103,8 +103,6 @@ def prepare_corpus(source: str, tokenizer=None, *, kind: str = "char", max_chars
                    on_message: Callable[[str], None] = lambda text: None) -> tuple[object, TokenCache]:
     """The tokenizer (given, e.g. a resumed run's, or built from the training split) and the token
     cache of `source`: what a run's start and `mlmlab data` both call. Torch-free."""
-    from mlmlab.corpus import open_corpus
-
     corpus = open_corpus(source)
     digest = content_hash(corpus, progress, chunk_bytes)
     tokenizer = tokenizer or corpus_tokenizer(corpus, digest, kind, max_chars, valid_fraction, min_len, chunk_bytes, progress)
@@ -116,10 +114,7 @@ def corpus_tokenizer(corpus: Corpus, digest: str, kind: str, max_chars: int, val
                      chunk_bytes: int = CHUNK_BYTES, progress: Callable[[int], None] | None = None):
     """The tokenizer a new run builds from the corpus's training split, remembered by content so a
     second run does not read the corpus again. Another kind plugs in here, trained its own way."""
-    from mlmlab.corpus import _digest, train_char_counts
-    from mlmlab.tokenizer import build_tokenizer, tokenizer_from_dict
-
-    memo = tokens_dir() / f"vocab-{_digest([FORMAT, kind, digest, max_chars, valid_fraction])}.json"
+    memo = tokens_dir() / f"vocab-{stable_digest([FORMAT, kind, digest, max_chars, valid_fraction])}.json"
     try:
         saved = json.loads(memo.read_text())
         # min_len (the longest window) decides the split only of a corpus under 20 blocks

@@ -42,7 +42,7 @@ def counted(monkeypatch):
         return real_vocab(*a, **k)
 
     monkeypatch.setattr(token_cache, "_tokenise", tokenise)
-    monkeypatch.setattr(corpus, "train_char_counts", vocab)
+    monkeypatch.setattr(token_cache, "train_char_counts", vocab)  # where the cache calls it
     return calls
 
 

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from mlmlab.data import BLOCK_CHARS, WindowSampler, builtin_corpus, load_corpus, split_text
+from mlmlab.corpus import BLOCK_CHARS
+from mlmlab.data import WindowSampler, builtin_corpus, load_corpus, split_text
 from mlmlab.errors import DataError
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from mlmlab.config import ExperimentConfig
-from mlmlab.data import split_segments
+from mlmlab.corpus import split_segments
 from mlmlab.masking_strategies import WordMasking, word_masking
 from mlmlab.data_prep import corpus_arguments
 from mlmlab.token_cache import TokenCache, TokenView, prepare_corpus
