@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from bench_time_to_accuracy import Mlmlab  # the time-to-accuracy contender: trains as `mlmlab run` does
+from bench_time_to_accuracy import Mlmlab, train_in_turns  # its contender trains as `mlmlab run` does
 from mlmlab.benchharness import IsolatedStep
 from mlmlab.config import flatten, load_config
 from mlmlab.devices import resolve_device
@@ -98,10 +98,8 @@ def race(args: argparse.Namespace, workers: dict[str, IsolatedStep]) -> dict[str
     scores: dict[str, list[dict]] = {name: [] for name in workers}
     for mark in range(1, args.marks + 1):
         target = args.seconds * mark / args.marks
-        while any(seconds < target for seconds in trained.values()):
-            for name, worker in workers.items():
-                if trained[name] < target:
-                    trained[name] = worker.call("train_for", min(args.chunk, target - trained[name]))["seconds"]
+        for _ in train_in_turns(workers, target, args.chunk, trained):
+            pass
         for name, worker in workers.items():
             scores[name].append(worker.call("held_out"))
         log(f"{target:.0f} s: " + " | ".join(f"{n} step {s[-1]['steps']} eval loss {s[-1]['eval_loss']:.3f} "

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
+from mlmlab.bench import synchronizer
+from mlmlab.benchharness import interleaved_ms
 from mlmlab.data import load_corpus
 from mlmlab.masking import mask_tokens, n_chosen_for
 from mlmlab.masking_strategies import word_masking
@@ -22,17 +23,10 @@ from mlmlab.vocab import MASK_STRATEGIES
 
 
 def time_calls(call, device: torch.device, n: int = 200, warmup: int = 20) -> float:
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    """Median milliseconds per call, after `warmup` calls (the harness adds its own five)."""
     for _ in range(warmup):
         call()
-    times = []
-    for _ in range(n):
-        sync()
-        t0 = time.perf_counter()
-        call()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1000
+    return statistics.median(interleaved_ms({"call": call}, n, synchronizer(device))["call"])
 
 
 def main() -> None:

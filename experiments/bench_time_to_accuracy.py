@@ -292,15 +292,21 @@ def start_workers(args, cfg, workers: dict[str, IsolatedStep], report: dict) -> 
         workers["hf"] = IsolatedStep(build_contender, "hf", args, [], "", attn, precision)
 
 
+def train_in_turns(workers: dict[str, IsolatedStep], until_s: float, chunk_s: float, trained: dict[str, float]):
+    """Train the workers in turns of `chunk_s` seconds until each has trained `until_s` in all;
+    `trained` (seconds so far per worker) is kept up to date. Yields the last step count after each round."""
+    while any(seconds < until_s for seconds in trained.values()):
+        for name, worker in workers.items():
+            if trained[name] < until_s:
+                totals = worker.call("train_for", min(chunk_s, until_s - trained[name]))
+                trained[name], steps = totals["seconds"], totals["steps"]
+        yield steps
+
+
 def race(args, workers: dict[str, IsolatedStep]) -> dict[str, dict]:
     """Train the workers in turns of `--chunk` seconds until each has trained `--seconds`; score them."""
-    trained = {name: 0.0 for name in workers}
-    while any(seconds < args.seconds for seconds in trained.values()):
-        for name, worker in workers.items():
-            if trained[name] < args.seconds:
-                totals = worker.call("train_for", min(args.chunk, args.seconds - trained[name]))
-                trained[name] = totals["seconds"]
-                steps = totals["steps"]
+    trained = dict.fromkeys(workers, 0.0)
+    for steps in train_in_turns(workers, args.seconds, args.chunk, trained):
         log(" | ".join(f"{name} {trained[name]:5.0f} s" for name in workers) + f" (last: step {steps})")
     return {name: worker.call("held_out") for name, worker in workers.items()}
 
