@@ -46,6 +46,12 @@ class MaskedText:
     def hidden(self) -> list[int]:
         return [i for i, s in enumerate(self.slots) if s.hidden]
 
+    def require_hidden(self) -> "MaskedText":
+        """This text, or a NotationError when nothing in it is hidden (there is nothing to predict)."""
+        if not self.hidden:
+            raise NotationError("nothing is masked: wrap text in {braces} or write [MASK] where a character is hidden")
+        return self
+
     @property
     def text(self) -> str:
         """The sentence with every known answer in place and [MASK] where none is known."""
@@ -151,7 +157,5 @@ def parse(text: str, require_mask: bool = True) -> MaskedText:
     if brace_at:
         raise NotationError(f"brace opened at column {brace_at} is never closed (write \\{{ for a literal brace)")
     masked = MaskedText(tuple(slots))
-    if require_mask and not masked.hidden:
-        raise NotationError("nothing is masked: wrap text in {braces} or write [MASK] where a character is hidden")
-    return masked
+    return masked.require_hidden() if require_mask else masked
 

@@ -104,8 +104,7 @@ class Predictor:
         return start, start + limit, [note]
 
     def _prepare(self, masked: MaskedText) -> tuple[list[int], int, int, list[str]]:
-        if not masked.hidden:
-            raise NotationError("nothing is masked: wrap text in {braces} or write [MASK] where a character is hidden")
+        masked.require_hidden()
         start, end, window_notes = self._window(masked)
         ids, notes = self._encode(masked, start, end)
         return ids, start, end, window_notes + notes
