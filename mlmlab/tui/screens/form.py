@@ -91,7 +91,8 @@ class NewRunScreen(Screen):
 
     def compose(self) -> ComposeResult:
         self.presets = config_module.preset_files(self.app.presets_dir)
-        preset = "quick" if "quick" in self.presets else next(iter(self.presets), None)
+        default = config_module.DEFAULT_PRESET
+        preset = default if default in self.presets else next(iter(self.presets), None)
         with VerticalScroll(id="form"):
             yield Static(Text("New run", style="bold"), classes="form-title")
             with Grid(classes="form-grid"):
