@@ -154,32 +154,67 @@ def _runs(starts: np.ndarray, chosen: np.ndarray, n: int) -> np.ndarray:
     return np.stack([bounds[edges[0::2]], bounds[edges[1::2]]], axis=1).astype(np.int64)
 
 
+class TrainText:
+    """The training side of the split as a stream of texts (runs of consecutive training blocks), in
+    one pass: what a subword vocabulary is trained on and what char counts are counted over. After
+    iterating, `n` is the corpus's length in characters."""
+
+    def __init__(self, corpus: Corpus, max_chars: int, valid_fraction: float, min_len: int,
+                 chunk_bytes: int = CHUNK_BYTES, progress: Callable[[int], None] | None = None):
+        self.corpus, self.max_chars, self.valid_fraction, self.min_len = corpus, max_chars, valid_fraction, min_len
+        self.chunk_bytes, self.progress, self.n = chunk_bytes, progress, 0
+
+    def __iter__(self) -> Iterator[str]:
+        small: list[str] = []  # a corpus under 20 blocks is split by its tail, known only at the end
+        pos, seen_text = 0, False
+        for text, _ in self.corpus.pieces(self.max_chars, self.chunk_bytes, self.progress):
+            seen_text = seen_text or bool(text.strip())
+            if small is not None:
+                small.append(text)
+                if pos + len(text) < 20 * BLOCK_CHARS:
+                    pos += len(text)
+                    continue
+                text, pos, small = "".join(small), 0, None  # certainly split by blocks: replay the buffer
+            yield from self._train_runs(text, pos)
+            pos += len(text)
+        if not seen_text:
+            raise DataError(f"data.source = {self.corpus.source!r}: the corpus is empty")
+        if small is not None:  # tail split: the training prefix
+            text = "".join(small)
+            pos = len(text)
+            train, _ = split_segments(pos, self.valid_fraction, self.min_len)
+            if train[0][1]:
+                yield text[: int(train[0][1])]
+        else:
+            split_segments(pos, self.valid_fraction, self.min_len)  # each side long enough
+        self.n = pos
+
+    def _train_runs(self, text: str, pos: int) -> Iterator[str]:
+        """The parts of `text` (starting at corpus position `pos`) in training blocks, joined where consecutive."""
+        first, last = pos // BLOCK_CHARS, (pos + len(text) - 1) // BLOCK_CHARS
+        valid = held_out_blocks(first, last - first + 1, self.valid_fraction)
+        run_start = None
+        for b, held_out in enumerate(valid, first):
+            lo, hi = max(b * BLOCK_CHARS - pos, 0), min((b + 1) * BLOCK_CHARS - pos, len(text))
+            if not held_out and run_start is None:
+                run_start = lo
+            elif held_out and run_start is not None:
+                yield text[run_start:lo]
+                run_start = None
+        if run_start is not None:
+            yield text[run_start:hi]
+
+
 def train_char_counts(corpus: Corpus, max_chars: int, valid_fraction: float, min_len: int,
                       chunk_bytes: int = CHUNK_BYTES, progress: Callable[[int], None] | None = None) -> tuple[dict[str, int], int]:
     """Character counts over the training side of the split, and the corpus's length, in one
     streaming pass: exactly the counts `CharTokenizer.from_text(split_text(text)[0])` sees, without
     the text in memory."""
     counts = np.zeros(0, dtype=np.int64)  # grows to the largest code point seen, not to all of Unicode
-    small: list[str] = []  # a corpus under 20 blocks is split by its tail, known only at the end
-    pos, seen_text = 0, False
-    for text, _ in corpus.pieces(max_chars, chunk_bytes, progress):
-        seen_text = seen_text or bool(text.strip())
-        cps = code_points(text)
-        if pos < 20 * BLOCK_CHARS:
-            small.append(text)
-        blocks = np.arange(pos // BLOCK_CHARS, (pos + len(cps) - 1) // BLOCK_CHARS + 1) if len(cps) else np.zeros(0, int)
-        if len(blocks):
-            valid = held_out_blocks(int(blocks[0]), len(blocks), valid_fraction)
-            edges = np.clip(blocks * BLOCK_CHARS - pos, 0, None)[1:]
-            train_mask = np.repeat(~valid, np.diff(np.concatenate([[0], edges, [len(cps)]])))
-            counts = _add_counts(counts, cps[train_mask])
-        pos += len(cps)
-    if not seen_text:
-        raise DataError(f"data.source = {corpus.source!r}: the corpus is empty")
-    train, _ = split_segments(pos, valid_fraction, min_len)
-    if pos // BLOCK_CHARS < 20:  # tail split: count the training prefix directly
-        counts = _add_counts(np.zeros(0, np.int64), code_points("".join(small)[: int(train[0][1])]))
-    return {chr(c): int(counts[c]) for c in np.flatnonzero(counts)}, pos
+    train = TrainText(corpus, max_chars, valid_fraction, min_len, chunk_bytes, progress)
+    for text in train:
+        counts = _add_counts(counts, code_points(text))
+    return {chr(c): int(counts[c]) for c in np.flatnonzero(counts)}, train.n
 
 
 def _add_counts(counts: np.ndarray, cps: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ def corpus_arguments(cfg: ExperimentConfig) -> dict:
     """`prepare_corpus`'s settings for runs of `cfg`: a run's start and `mlmlab data` pass the same ones,
     so they build (and find) the same cache. Each side of the split must hold the longest window."""
     d = cfg.data
-    return {"kind": d.tokenizer, "max_chars": d.max_chars, "valid_fraction": d.valid_fraction,
+    return {"kind": d.tokenizer, "vocab_size": d.vocab_size, "max_chars": d.max_chars, "valid_fraction": d.valid_fraction,
             "min_len": longest_seq_len(cfg) + 1}
 
 

@@ -1,7 +1,10 @@
 """The token cache: a corpus tokenised once, in a streaming pass, into a file of token ids on disk.
 
 A cache file is a 4096-byte header (magic, then JSON: key, dtype, token and document counts), the
-ids (uint16 when the vocabulary fits, else uint32) and the documents' start offsets (int64). It is
+ids (uint16 when the vocabulary fits, else uint32), the documents' start offsets (int64) and, for a
+subword tokenizer, the token index where each 1024-character block of the text begins (int64): the
+train / held-out split is drawn over characters, so the held-out text is the same whichever
+tokenizer reads it, and the vocabulary is learned from the training characters only. It is
 named and checked by its key, a hash of the corpus's content, `max_chars` and the tokenizer's
 serialised form (`tokenizer.to_dict()`), so another tokenizer kind plugs in by its own dict. A file
 is written under a temporary name and renamed, so none is ever half-written; one whose header or
@@ -20,20 +23,21 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from mlmlab.corpus import (BLOCK_CHARS, CHUNK_BYTES, Corpus, code_points, open_corpus, paragraph_starts, stable_digest,
-                           train_char_counts)
+from mlmlab.corpus import (BLOCK_CHARS, CHUNK_BYTES, Corpus, TrainText, code_points, open_corpus, paragraph_starts,
+                           split_segments, stable_digest, train_char_counts)
 from mlmlab.errors import DataError
 from mlmlab.paths import cache_dir, write_text_atomic
-from mlmlab.tokenizer import build_tokenizer, tokenizer_from_dict
+from mlmlab.tokenizer import DEFAULT_VOCAB_SIZE, N_SPECIAL, build_tokenizer, tokenizer_from_dict
 
 MAGIC = b"MLMLAB-TOKENS-1\n"
 HEADER_BYTES = 4096
 FORMAT = 1
+SUBWORD_RECIPE = 1  # bump when subword.py changes how a vocabulary is trained
 
 
 @dataclass
@@ -42,6 +46,8 @@ class TokenCache:
     ids: np.ndarray  # read-only memmap, 1-D
     docs: np.ndarray  # read-only memmap of document start offsets, int64
     built: bool  # tokenised by this call (False: an existing file was reused)
+    blocks: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # subword: first token of each char block
+    n_chars: int = 0  # subword: the text's length in characters (char: n_tokens)
 
     @property
     def n_tokens(self) -> int:
@@ -89,32 +95,36 @@ def load_or_build(corpus: Corpus, tokenizer, max_chars: int = 0, *, digest: str,
     path = tokens_dir() / f"{key}.tok"
     if path.exists():
         try:
-            ids, docs = open_cache(path, key)
-            return TokenCache(path, ids, docs, False)
+            return open_cache(path, key)
         except DataError as exc:
             on_message(f"{exc}; rebuilding it")
     write_cache(path, key, corpus, tokenizer, max_chars, chunk_bytes, progress)
-    ids, docs = open_cache(path, key)
-    return TokenCache(path, ids, docs, True)
+    return replace(open_cache(path, key), built=True)
 
 
-def prepare_corpus(source: str, tokenizer=None, *, kind: str = "char", max_chars: int = 0, valid_fraction: float = 0.05,
-                   min_len: int = 65, chunk_bytes: int = CHUNK_BYTES, progress: Callable[[int], None] | None = None,
+def prepare_corpus(source: str, tokenizer=None, *, kind: str = "char", vocab_size: int = 0, max_chars: int = 0,
+                   valid_fraction: float = 0.05, min_len: int = 65, chunk_bytes: int = CHUNK_BYTES,
+                   progress: Callable[[int], None] | None = None,
                    on_message: Callable[[str], None] = lambda text: None) -> tuple[object, TokenCache]:
     """The tokenizer (given, e.g. a resumed run's, or built from the training split) and the token
     cache of `source`: what a run's start and `mlmlab data` both call. Torch-free."""
     corpus = open_corpus(source)
     digest = content_hash(corpus, progress, chunk_bytes)
-    tokenizer = tokenizer or corpus_tokenizer(corpus, digest, kind, max_chars, valid_fraction, min_len, chunk_bytes, progress)
+    tokenizer = tokenizer or corpus_tokenizer(corpus, digest, kind, max_chars, valid_fraction, min_len, chunk_bytes, progress,
+                                              vocab_size=vocab_size)
     return tokenizer, load_or_build(corpus, tokenizer, max_chars, digest=digest, chunk_bytes=chunk_bytes, progress=progress,
                                     on_message=on_message)
 
 
 def corpus_tokenizer(corpus: Corpus, digest: str, kind: str, max_chars: int, valid_fraction: float, min_len: int,
-                     chunk_bytes: int = CHUNK_BYTES, progress: Callable[[int], None] | None = None):
+                     chunk_bytes: int = CHUNK_BYTES, progress: Callable[[int], None] | None = None, *, vocab_size: int = 0):
     """The tokenizer a new run builds from the corpus's training split, remembered by content so a
-    second run does not read the corpus again. Another kind plugs in here, trained its own way."""
-    memo = tokens_dir() / f"vocab-{stable_digest([FORMAT, kind, digest, max_chars, valid_fraction])}.json"
+    second run does not read the corpus again: char counts the split's characters, a subword kind
+    is trained on its text by the `tokenizers` library (streamed, never the whole corpus at once)."""
+    parts = [FORMAT, kind, digest, max_chars, valid_fraction]
+    if kind != "char":  # the recipe: a changed pre-tokenizer or trainer must not reuse an older vocabulary
+        parts += [vocab_size or DEFAULT_VOCAB_SIZE, SUBWORD_RECIPE]
+    memo = tokens_dir() / f"vocab-{stable_digest(parts)}.json"
     try:
         saved = json.loads(memo.read_text())
         # min_len (the longest window) decides the split only of a corpus under 20 blocks
@@ -122,14 +132,20 @@ def corpus_tokenizer(corpus: Corpus, digest: str, kind: str, max_chars: int, val
             return tokenizer_from_dict(saved["tokenizer"])
     except (OSError, ValueError, KeyError, TypeError, DataError):
         pass
-    counts, n = train_char_counts(corpus, max_chars, valid_fraction, min_len, chunk_bytes, progress)
-    tokenizer = build_tokenizer(kind, counts)
+    if kind == "char":
+        counts, n = train_char_counts(corpus, max_chars, valid_fraction, min_len, chunk_bytes, progress)
+        tokenizer = build_tokenizer(kind, counts)
+    else:
+        from mlmlab.subword import train_subword
+
+        train = TrainText(corpus, max_chars, valid_fraction, min_len, chunk_bytes, progress)
+        tokenizer, n = train_subword(kind, train, vocab_size or DEFAULT_VOCAB_SIZE), train.n
     _write_json(memo, {"tokenizer": tokenizer.to_dict(), "n": n, "min_len": min_len})
     return tokenizer
 
 
-def open_cache(path: Path, key: str) -> tuple[np.ndarray, np.ndarray]:
-    """The ids and document offsets of a cache file, after checking its header and size."""
+def open_cache(path: Path, key: str) -> TokenCache:
+    """The ids, document offsets and block table of a cache file, after checking its header and size."""
     try:
         with open(path, "rb") as f:
             head = f.read(HEADER_BYTES)
@@ -139,15 +155,16 @@ def open_cache(path: Path, key: str) -> tuple[np.ndarray, np.ndarray]:
     meta = _parse_header(head, path)
     if meta.get("key") != key:
         raise DataError(f"token cache {path.name}: made for another corpus or tokenizer")
-    dtype, n, n_docs = np.dtype(meta["dtype"]), meta["n_tokens"], meta["n_docs"]
-    if size != HEADER_BYTES + n * dtype.itemsize + n_docs * 8:
-        raise DataError(f"token cache {path.name}: {size} bytes, the header says {HEADER_BYTES + n * dtype.itemsize + n_docs * 8}")
-    if n == 0:
-        return np.zeros(0, dtype), np.zeros(0, np.int64)
-    ids = np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(n,))
-    docs = np.memmap(path, dtype=np.int64, mode="r", offset=HEADER_BYTES + n * dtype.itemsize, shape=(n_docs,)) \
-        if n_docs else np.zeros(0, np.int64)
-    return ids, docs
+    dtype, n, n_docs, n_blocks = np.dtype(meta["dtype"]), meta["n_tokens"], meta["n_docs"], meta["n_blocks"]
+    expected = HEADER_BYTES + n * dtype.itemsize + (n_docs + n_blocks) * 8
+    if size != expected:
+        raise DataError(f"token cache {path.name}: {size} bytes, the header says {expected}")
+    offset = HEADER_BYTES + n * dtype.itemsize
+    ids = np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(n,)) if n else np.zeros(0, dtype)
+    docs = np.memmap(path, dtype=np.int64, mode="r", offset=offset, shape=(n_docs,)) if n_docs else np.zeros(0, np.int64)
+    blocks = np.array(np.memmap(path, dtype=np.int64, mode="r", offset=offset + n_docs * 8, shape=(n_blocks,))) \
+        if n_blocks else np.zeros(0, np.int64)
+    return TokenCache(path, ids, docs, False, blocks, meta.get("n_chars", n))
 
 
 def _parse_header(head: bytes, path: Path) -> dict:
@@ -155,7 +172,9 @@ def _parse_header(head: bytes, path: Path) -> dict:
         raise DataError(f"token cache {path.name}: not a token cache file (bad header)")
     try:
         meta = json.loads(head[len(MAGIC):].decode("utf-8").strip())
-        ok = meta["dtype"] in ("uint16", "uint32") and all(isinstance(meta[k], int) and meta[k] >= 0 for k in ("n_tokens", "n_docs"))
+        meta.setdefault("n_blocks", 0)  # char caches have no block table
+        ok = meta["dtype"] in ("uint16", "uint32") and all(isinstance(meta[k], int) and meta[k] >= 0
+                                                           for k in ("n_tokens", "n_docs", "n_blocks"))
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         ok = False
     if not ok:
@@ -166,21 +185,24 @@ def _parse_header(head: bytes, path: Path) -> dict:
 def write_cache(path: Path, key: str, corpus: Corpus, tokenizer, max_chars: int, chunk_bytes: int,
                 progress: Callable[[int], None] | None) -> None:
     """Tokenise the corpus chunk by chunk into `path` (temp file, then rename): memory holds one
-    chunk; document offsets are spooled to a second temp file and appended at the end."""
+    chunk; document offsets are spooled to a second temp file and appended at the end, then the
+    block table (a subword cache's; one entry per 1024 characters)."""
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
     folder = path.parent
     _remove_stale_temp_files(folder)
     ids_tmp = tempfile.NamedTemporaryFile(dir=folder, prefix=path.stem[:16], suffix=".tmp", delete=False)
     docs_tmp = tempfile.NamedTemporaryFile(dir=folder, prefix=path.stem[:16], suffix=".docs.tmp", delete=False)
+    tokenise = _tokenise_chars if tokenizer.kind == "char" else _tokenise_subwords
     try:
         with ids_tmp, docs_tmp:
             ids_tmp.write(b"\0" * HEADER_BYTES)
-            n, n_docs = _tokenise(corpus, tokenizer, max_chars, chunk_bytes, progress, dtype, ids_tmp, docs_tmp)
+            counts = tokenise(corpus, tokenizer, max_chars, chunk_bytes, progress, dtype, ids_tmp, docs_tmp)
             docs_tmp.flush()
             with open(docs_tmp.name, "rb") as spooled:
                 shutil.copyfileobj(spooled, ids_tmp, chunk_bytes)
+            counts.blocks.tofile(ids_tmp)
             ids_tmp.seek(0)
-            ids_tmp.write(_header(key, dtype, n, n_docs, tokenizer, corpus))
+            ids_tmp.write(_header(key, dtype, counts, tokenizer, corpus))
         os.replace(ids_tmp.name, path)
     except BaseException:
         _remove(ids_tmp.name)
@@ -189,30 +211,97 @@ def write_cache(path: Path, key: str, corpus: Corpus, tokenizer, max_chars: int,
         _remove(docs_tmp.name)
 
 
-def _tokenise(corpus: Corpus, tokenizer, max_chars: int, chunk_bytes: int, progress, dtype, ids_out, docs_out) -> tuple[int, int]:
-    """The streaming pass; returns (tokens, documents). One encoder call per chunk, no loop per character."""
+@dataclass
+class _Counts:
+    n_tokens: int
+    n_docs: int
+    n_chars: int
+    blocks: np.ndarray  # int64; empty for char caches, whose tokens are the characters
+
+
+def _tokenise_chars(corpus: Corpus, tokenizer, max_chars: int, chunk_bytes: int, progress, dtype, ids_out, docs_out) -> _Counts:
+    """The streaming pass; one encoder call per chunk, no loop per character."""
     pos, n_docs, seen_text = 0, 0, False
     tail = np.zeros(2, np.uint32)  # the last two code points of the previous chunk (paragraph rule)
     for text, starts_file in corpus.pieces(max_chars, chunk_bytes, progress):
         cps = code_points(text)
-        if corpus.documents == "files":
-            starts = np.array([pos] if starts_file else [], np.int64)
-        else:
-            starts = paragraph_starts(cps, pos, tail)
-            tail = np.concatenate([tail, cps])[-2:]
-        if pos == 0:
-            starts = np.unique(np.concatenate([[0], starts]))
+        starts, tail = _doc_starts(corpus, cps, pos, starts_file, tail)
         seen_text = seen_text or bool(text.strip())
         tokenizer.encode_array(cps).astype(dtype, copy=False).tofile(ids_out)
         starts.tofile(docs_out)
         pos, n_docs = pos + len(cps), n_docs + len(starts)
     if not seen_text:
         raise DataError(f"data.source = {corpus.source!r}: the corpus is empty")
-    return pos, n_docs
+    return _Counts(pos, n_docs, pos, np.zeros(0, np.int64))
 
 
-def _header(key: str, dtype, n: int, n_docs: int, tokenizer, corpus: Corpus) -> bytes:
-    meta = {"key": key, "dtype": dtype.name, "n_tokens": n, "n_docs": n_docs, "vocab_size": tokenizer.vocab_size,
+def _doc_starts(corpus: Corpus, cps: np.ndarray, pos: int, starts_file: bool, tail: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where documents start in a chunk of code points at character `pos`, and the new paragraph tail."""
+    if corpus.documents == "files":
+        starts = np.array([pos] if starts_file else [], np.int64)
+    else:
+        starts = paragraph_starts(cps, pos, tail)
+        tail = np.concatenate([tail, cps])[-2:]
+    if pos == 0:
+        starts = np.unique(np.concatenate([[0], starts])).astype(np.int64)
+    return starts, tail
+
+
+def _tokenise_subwords(corpus: Corpus, tokenizer, max_chars: int, chunk_bytes: int, progress, dtype, ids_out,
+                       docs_out) -> _Counts:
+    """The streaming pass of a subword tokenizer. Each chunk is cut before its last newline that
+    follows a non-space (the rest waits for the next chunk: no piece spans such a cut) and encoded
+    line by line in one batch. Document
+    starts and block boundaries, found in characters, become the index of the first token at or
+    after them."""
+    from mlmlab.subword import safe_cut, split_lines  # the tokenizers library, only for subword corpora
+
+    chars_done, tokens_done, n_docs, real = 0, 0, 0, False
+    carry, pending_docs, blocks = "", [], []
+    tail = np.zeros(2, np.uint32)
+    for text, starts_file in _with_end(corpus.pieces(max_chars, chunk_bytes, progress)):
+        if text:
+            starts, tail = _doc_starts(corpus, code_points(text), chars_done + len(carry), starts_file, tail)
+            pending_docs.append(starts)
+        buf = carry + text
+        cut = len(buf) if not text else safe_cut(buf) or (len(buf) if len(buf) > 4 * chunk_bytes else 0)
+        portion, carry = buf[:cut], buf[cut:]
+        if not portion:
+            continue
+        ids, starts = tokenizer.encode_lines(split_lines(portion))
+        real = real or bool((ids >= N_SPECIAL).any())
+        ids.astype(dtype, copy=False).tofile(ids_out)
+        end = chars_done + len(portion)
+        docs = np.concatenate(pending_docs)
+        here = docs[docs < end] if text else docs
+        pending_docs = [docs[docs >= end]] if text else []
+        doc_tokens = np.unique(_first_token_at(here, starts, chars_done, tokens_done))
+        doc_tokens.tofile(docs_out)
+        n_docs += len(doc_tokens)
+        first_block = -(-chars_done // BLOCK_CHARS)
+        bounds = np.arange(first_block * BLOCK_CHARS, end, BLOCK_CHARS, dtype=np.int64)
+        blocks.append(_first_token_at(bounds, starts, chars_done, tokens_done))
+        chars_done, tokens_done = end, tokens_done + len(ids)
+    if not chars_done or not real:
+        empty = "the corpus is empty" if not chars_done else f"nothing but special tokens after {tokenizer.kind} tokenisation"
+        raise DataError(f"data.source = {corpus.source!r}: {empty}")
+    return _Counts(tokens_done, n_docs, chars_done, np.concatenate(blocks) if blocks else np.zeros(0, np.int64))
+
+
+def _first_token_at(chars: np.ndarray, starts: np.ndarray, chars_done: int, tokens_done: int) -> np.ndarray:
+    """The index of the first token starting at or after each character position (int64)."""
+    return (tokens_done + np.searchsorted(starts, chars - chars_done, side="left")).astype(np.int64)
+
+
+def _with_end(pieces):
+    """The pieces, then ("", False): the signal to encode what is still carried."""
+    yield from pieces
+    yield "", False
+
+
+def _header(key: str, dtype, counts: _Counts, tokenizer, corpus: Corpus) -> bytes:
+    meta = {"key": key, "dtype": dtype.name, "n_tokens": counts.n_tokens, "n_docs": counts.n_docs,
+            "n_blocks": len(counts.blocks), "n_chars": counts.n_chars, "vocab_size": tokenizer.vocab_size,
             "tokenizer": tokenizer.kind, "source": corpus.source, "documents": corpus.documents}
     body = MAGIC + json.dumps(meta).encode()
     if len(body) > HEADER_BYTES - 1:  # only a very long source path gets here
@@ -243,6 +332,36 @@ def _remove(name: str) -> None:
         os.unlink(name)
     except OSError:
         pass
+
+
+def split_views(cache: TokenCache, valid_fraction: float, min_len: int) -> tuple["TokenView", "TokenView"]:
+    """The train and held-out sides of the cache. The split is drawn over characters (for a char
+    cache its tokens), so a subword run holds out the very text a char run holds out; a token
+    belongs to the side where it starts."""
+    if not len(cache.blocks):
+        train, valid = split_segments(cache.n_tokens, valid_fraction, min_len)
+    else:
+        train, valid = (_token_segments(cache, segs) for segs in split_segments(cache.n_chars, valid_fraction, min_len))
+        n_train, n_valid = (int((segs[:, 1] - segs[:, 0]).sum()) for segs in (train, valid))
+        if min(n_train, n_valid) < min_len:
+            raise DataError(f"the corpus gives {cache.n_tokens:,} tokens ({n_train:,} to train on, {n_valid:,} held out): too "
+                            f"short for train.seq_len windows (needs at least {min_len} tokens on each side of the split)")
+    return TokenView(cache.ids, train), TokenView(cache.ids, valid)
+
+
+def _token_segments(cache: TokenCache, char_segments: np.ndarray) -> np.ndarray:
+    """(start, stop) character rows as token rows, through the block table; a boundary inside a
+    block (the tail split of a small corpus) is placed in proportion."""
+    def token_index(c: int) -> int:
+        if c >= cache.n_chars:
+            return cache.n_tokens
+        b, r = divmod(int(c), BLOCK_CHARS)
+        lo = int(cache.blocks[b])
+        hi = int(cache.blocks[b + 1]) if b + 1 < len(cache.blocks) else cache.n_tokens
+        return lo + (hi - lo) * r // BLOCK_CHARS
+
+    rows = np.array([[token_index(a), token_index(b)] for a, b in char_segments], np.int64).reshape(-1, 2)
+    return rows[rows[:, 1] > rows[:, 0]]
 
 
 DEVICE_COPY_MAX_TOKENS = 1 << 28  # 2 GiB of int64 on the device; a larger split is read from the memmap per batch

@@ -80,12 +80,30 @@ class CharTokenizer:
         return cls(data["chars"])
 
 
+TOKENIZER_KINDS = ("char", "wordpiece", "bpe", "bytelevel")
+DEFAULT_VOCAB_SIZE = 8000  # a subword vocabulary's size when data.vocab_size is 0
+
+
+def min_vocab_size(kind: str) -> tuple[int, str]:
+    """The smallest vocabulary a subword kind can have, and what it must hold."""
+    if kind == "bytelevel":
+        return N_SPECIAL + 256, f"the {N_SPECIAL} special tokens and the 256 bytes"
+    return N_SPECIAL + 1, f"the {N_SPECIAL} special tokens and one piece"
+
+
 def build_tokenizer(kind: str, counts: Mapping[str, int]) -> CharTokenizer:
-    """A new run's tokenizer of `kind` from its training split's character counts (other kinds plug in here)."""
+    """A new char run's tokenizer from its training split's character counts (subword kinds are
+    trained from the split's text instead: `subword.train_subword`)."""
     if kind != "char":
-        raise DataError(f"data.tokenizer = {kind!r}: must be 'char'")
+        raise DataError(f"data.tokenizer = {kind!r}: build_tokenizer makes char vocabularies only")
     return CharTokenizer.from_counts(counts)
 
 
-def tokenizer_from_dict(data: dict) -> CharTokenizer:
+def tokenizer_from_dict(data: dict):
+    """The tokenizer a run row or checkpoint saved: a char vocabulary, or a subword one with its
+    `tokenizer.json` text (the `tokenizers` library is imported only then)."""
+    if isinstance(data, dict) and data.get("kind") not in (None, "char"):
+        from mlmlab.subword import SubwordTokenizer
+
+        return SubwordTokenizer.from_dict(data)
     return CharTokenizer.from_dict(data)

@@ -31,7 +31,7 @@ def cache(tmp_path, monkeypatch):
 def counted(monkeypatch):
     """How many times each streaming pass ran."""
     calls = {"tokenise": 0, "vocab": 0}
-    real_tok, real_vocab = token_cache._tokenise, corpus.train_char_counts
+    real_tok, real_vocab = token_cache._tokenise_chars, corpus.train_char_counts
 
     def tokenise(*a, **k):
         calls["tokenise"] += 1
@@ -41,7 +41,7 @@ def counted(monkeypatch):
         calls["vocab"] += 1
         return real_vocab(*a, **k)
 
-    monkeypatch.setattr(token_cache, "_tokenise", tokenise)
+    monkeypatch.setattr(token_cache, "_tokenise_chars", tokenise)
     monkeypatch.setattr(token_cache, "train_char_counts", vocab)  # where the cache calls it
     return calls
 

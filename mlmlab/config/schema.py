@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mlmlab.errors import ConfigError, quoted
 from mlmlab.paths import path_kind
+from mlmlab.tokenizer import TOKENIZER_KINDS, min_vocab_size
 from mlmlab.vocab import MASK_STRATEGIES
 
 SECTIONS = ("data", "model", "mask", "train")
@@ -30,7 +31,9 @@ class _Section(BaseModel):
 
 class DataConfig(_Section):
     source: str = Field("builtin", description="'builtin' (Python's own docs), a UTF-8 text file, or a folder of .txt/.md files")
-    tokenizer: Literal["char"] = Field("char", description="tokenizer kind; 'char' gives one token per character")
+    tokenizer: Literal[TOKENIZER_KINDS] = Field(
+        "char", description="char (one token per character), wordpiece (BERT), bpe (SentencePiece-style) or bytelevel (RoBERTa's byte-level BPE)")
+    vocab_size: int = Field(0, ge=0, le=1 << 24, description="subword vocabulary size, learned from the training split (0 = 8000; char takes every character)")
     valid_fraction: float = Field(0.05, gt=0, lt=0.5, description="share of the text held out for evaluation")
     max_chars: int = Field(0, ge=0, le=MAX_INT, description="use only the first N characters of the corpus (0 = all)")
 
@@ -108,7 +111,8 @@ class ExperimentConfig(_Section):
 
 
 # Keys whose change would not fit the checkpoint's weights.
-SHAPE_KEYS = ("model.d_model", "model.n_layers", "model.n_heads", "model.d_ff", "model.max_seq_len", "data.tokenizer")
+SHAPE_KEYS = ("model.d_model", "model.n_layers", "model.n_heads", "model.d_ff", "model.max_seq_len", "data.tokenizer",
+              "data.vocab_size")
 # Keys --resume may change.
 RESUMABLE_KEYS = ("train.steps", "train.max_minutes")
 
@@ -195,6 +199,7 @@ def _cross_check(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"train.short_seq_steps = {t.short_seq_steps}: needs train.short_seq_len > 0",
                           key="train.short_seq_steps", value=t.short_seq_steps)
     _check_seq_len_schedule(t, m.max_seq_len)
+    _check_vocab_size(cfg.data)
     for token in k.no_mask_tokens:
         if not token:
             raise ConfigError("mask.no_mask_tokens: entries must be non-empty strings", key="mask.no_mask_tokens", value=token)
@@ -223,3 +228,17 @@ def _check_seq_len_schedule(t: TrainConfig, max_seq_len: int) -> None:
         problem = f"each seq_len must be between 4 and model.max_seq_len = {max_seq_len}"
     if problem:
         raise ConfigError(f"{key} = {quoted(stages)}: {problem}", key=key, value=stages)
+
+
+def _check_vocab_size(d: DataConfig) -> None:
+    """char takes every character of the corpus; a subword vocabulary must hold its special tokens
+    (and byte-level its 256 bytes). Whether the corpus can give that many is known after training."""
+    key, size = "data.vocab_size", d.vocab_size
+    if d.tokenizer == "char":
+        if size:
+            raise ConfigError(f"{key} = {size}: the char tokenizer takes every character of the corpus "
+                              "(set 0, or choose data.tokenizer = wordpiece, bpe or bytelevel)", key=key, value=size)
+        return
+    least, what = min_vocab_size(d.tokenizer)
+    if size and size < least:
+        raise ConfigError(f"{key} = {size}: too small for {d.tokenizer}: at least {least} ({what})", key=key, value=size)

@@ -9,10 +9,9 @@ from dataclasses import dataclass
 import torch
 
 from mlmlab.config import ExperimentConfig
-from mlmlab.corpus import split_segments
 from mlmlab.masking_strategies import WordMasking, word_masking
 from mlmlab.data_prep import corpus_arguments
-from mlmlab.token_cache import TokenCache, TokenView, prepare_corpus
+from mlmlab.token_cache import TokenCache, TokenView, prepare_corpus, split_views
 from mlmlab.tokenizer import CharTokenizer
 
 
@@ -34,8 +33,8 @@ def prepare_data(cfg: ExperimentConfig, tokenizer: CharTokenizer | None = None, 
     A resumed run passes its saved tokenizer, whose own cache is used."""
     settings = corpus_arguments(cfg)
     tokenizer, cache = prepare_corpus(cfg.data.source, tokenizer, **settings, on_message=on_message)
-    train, valid = split_segments(cache.n_tokens, settings["valid_fraction"], settings["min_len"])
-    return PreparedData(tokenizer, TokenView(cache.ids, train), TokenView(cache.ids, valid), cache)
+    train, valid = split_views(cache, settings["valid_fraction"], settings["min_len"])
+    return PreparedData(tokenizer, train, valid, cache)
 
 
 def mask_strategy(tokenizer: CharTokenizer, cfg: ExperimentConfig, device: torch.device) -> WordMasking | None:
