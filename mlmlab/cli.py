@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mlmlab.errors import MlmlabError
 from mlmlab.paths import default_db_path, require_db_folder
+from mlmlab.tokenizer import TOKENIZER_KINDS
 
 EXIT_USER_ERROR = 2
 DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps (overrides train.device)"
@@ -112,7 +113,9 @@ def add_predict_command(sub: argparse._SubParsersAction) -> None:
 def add_data_command(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="tokenise a corpus into the token cache ahead of a run (no database)")
     data.add_argument("source", help="'builtin', a UTF-8 text file, or a folder of .txt/.md files (as data.source)")
-    data.add_argument("--tokenizer", default="char", choices=["char"], help="tokenizer kind (as data.tokenizer)")
+    data.add_argument("--tokenizer", default="char", choices=TOKENIZER_KINDS, help="tokenizer kind (as data.tokenizer)")
+    data.add_argument("--vocab-size", type=_non_negative_int, default=0, metavar="N",
+                      help="subword vocabulary size, as data.vocab_size (default 0: 8000 for subword kinds)")
     data.add_argument("--max-chars", type=_non_negative_int, default=0, metavar="N", help="as data.max_chars (default 0: all)")
     data.add_argument("--valid-fraction", type=float, default=0.05, metavar="F",
                       help="as data.valid_fraction: the vocabulary is built from the training side (default 0.05)")
@@ -125,6 +128,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     from mlmlab.data_prep import format_figures, prepare_ahead
 
     cfg = load_config(None, [f"data.source={args.source}", f"data.tokenizer={args.tokenizer}",  # the run's checks
+                             f"data.vocab_size={args.vocab_size}",
                              f"data.max_chars={args.max_chars}", f"data.valid_fraction={args.valid_fraction}"])
     fig = prepare_ahead(cfg)
     print(json.dumps(fig, indent=2) if args.json else format_figures(fig))
