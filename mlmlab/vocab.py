@@ -37,9 +37,13 @@ TOKEN_GLYPHS = {" ": "␣", "\n": "⏎", "\t": "⇥", MASK: "▒", PAD: "·", UN
 def token_glyph(token: str, *, space: bool = True) -> str:
     """A token as one printable cell: whitespace made visible, special tokens abbreviated.
 
+    A subword piece keeps its letters and its leading space (the start of a word); only newlines and
+    tabs inside it become glyphs, so a sample stays one line.
     `space=False` leaves a plain space blank: between visible words a mark on every gap is noise,
     while at a hidden or predicted position a space must be seen, not missed.
     """
     if token == " " and not space:
         return token
+    if len(token) > 1 and token not in TOKEN_GLYPHS:  # a subword piece: keep it on one line
+        return token.replace("\n", TOKEN_GLYPHS["\n"]).replace("\t", TOKEN_GLYPHS["\t"])
     return TOKEN_GLYPHS.get(token, token)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -12,7 +13,7 @@ from mlmlab.data import WindowSampler
 from mlmlab.engine.step import to_device
 from mlmlab.masking import mask_tokens
 from mlmlab.model import MaskedLM
-from mlmlab.tokenizer import CharTokenizer
+from mlmlab.tokenizer import N_SPECIAL, CharTokenizer
 from mlmlab.vocab import KIND_NAMES, VISIBLE
 
 EVAL_SEED = 1234  # fixed: held-out windows and masks are identical across runs and checkpoints
@@ -33,9 +34,18 @@ class EvalSet:
     prompt_inputs: torch.Tensor
     prompt_labels: torch.Tensor
     prompt_kinds: torch.Tensor
+    chars_per_id: torch.Tensor | None = None  # (V,) characters each token covers, for bits per character
 
 
-def build_eval_set(valid_ids: torch.Tensor, cfg: ExperimentConfig, vocab_size: int, no_mask_ids, device) -> EvalSet:
+def token_chars(tokenizer, device) -> torch.Tensor:
+    """How many characters of text each token id covers (its readable piece, a word's leading space
+    included; 1 for every char token), so held-out loss compares across tokenizers as bits per character."""
+    counts = [max(len(tokenizer.token(i)), 1) if i >= N_SPECIAL else 1 for i in range(tokenizer.vocab_size)]
+    return torch.tensor(counts, dtype=torch.float32, device=device)
+
+
+def build_eval_set(valid_ids: torch.Tensor, cfg: ExperimentConfig, vocab_size: int, no_mask_ids, device,
+                   chars_per_id: torch.Tensor | None = None) -> EvalSet:
     gen = torch.Generator().manual_seed(EVAL_SEED)
     sampler = WindowSampler(valid_ids, gen)
     mask = lambda ids: mask_tokens(ids, vocab_size=vocab_size, generator=gen, no_mask_ids=no_mask_ids, **EVAL_MASKING)  # noqa: E731
@@ -49,16 +59,19 @@ def build_eval_set(valid_ids: torch.Tensor, cfg: ExperimentConfig, vocab_size: i
     starts = torch.linspace(0, valid_ids.numel() - T, N_SAMPLE_PROMPTS).long()
     prompts = torch.stack([valid_ids[s : s + T] for s in starts])
     p = mask(prompts)
-    return EvalSet(batches, prompts, p.inputs, p.labels, p.kinds)
+    return EvalSet(batches, prompts, p.inputs, p.labels, p.kinds, chars_per_id)
 
 
 @torch.no_grad()
 def evaluate(model: MaskedLM, evalset: EvalSet, precision: str, device: torch.device) -> dict[str, float]:
-    """Loss and accuracy over the fixed held-out batches; sums stay on the device, one read at the end."""
+    """Loss and accuracy over the fixed held-out batches; sums stay on the device, one read at the end.
+    With the set's `chars_per_id`, also `eval_bpc`: the loss in bits per character of the hidden text
+    (nats summed over the chosen tokens, over the characters those tokens cover, / ln 2)."""
     model.eval()
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     count = torch.zeros((), device=device, dtype=torch.long)
+    chars = torch.zeros((), device=device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         for ids, inputs, labels in evalset.batches:
             logits, _ = model(inputs)
@@ -67,9 +80,14 @@ def evaluate(model: MaskedLM, evalset: EvalSet, precision: str, device: torch.de
             total_loss += F.cross_entropy(picked, labels[chosen], reduction="sum")
             correct += (picked.argmax(-1) == labels[chosen]).sum()
             count += chosen.sum()
+            if evalset.chars_per_id is not None:
+                chars += evalset.chars_per_id[labels[chosen]].sum()
     model.train()
     n = max(int(count), 1)
-    return {"eval_loss": float(total_loss) / n, "eval_acc": int(correct) / n}
+    figures = {"eval_loss": float(total_loss) / n, "eval_acc": int(correct) / n}
+    if evalset.chars_per_id is not None:
+        figures["eval_bpc"] = float(total_loss) / max(float(chars), 1.0) / math.log(2)
+    return figures
 
 
 @torch.no_grad()

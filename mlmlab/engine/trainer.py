@@ -22,13 +22,14 @@ from mlmlab.config import ExperimentConfig
 from mlmlab.devices import memory_mb
 from mlmlab.engine import schedule
 from mlmlab.engine.data import PreparedData, mask_strategy, no_mask_ids
-from mlmlab.engine.evaluation import EvalSet, build_eval_set, evaluate, sample_rows
+from mlmlab.engine.evaluation import EvalSet, build_eval_set, evaluate, sample_rows, token_chars
 from mlmlab.engine.metrics import MetricWindow
 from mlmlab.engine.recorder import Recorder
 from mlmlab.engine.reporting import Reporter, SilentReporter
 from mlmlab.engine.state import Progress, TrainState, build_state
 from mlmlab.errors import CheckpointError, MlmlabError, StoreError
 from mlmlab.model import MaskedLM
+from mlmlab.paths import write_text_atomic
 from mlmlab.store import Store
 
 
@@ -71,9 +72,11 @@ class Trainer:
                             on_message=self.reporter.message, strategy=mask_strategy(tok, cfg, self.device))
         if self.resume_from:
             self._last_good_ckpt = self._last_log_step = state.progress.step
-        evalset = build_eval_set(self.data.valid_ids, cfg, tok.vocab_size, no_mask, self.device) if self.rank == 0 else None
+        evalset = build_eval_set(self.data.valid_ids, cfg, tok.vocab_size, no_mask, self.device,
+                                 token_chars(tok, self.device)) if self.rank == 0 else None
         if self.recorder:
             self.recorder.start(str(self.device), self.precision, state.model.n_params())
+            self._write_tokenizer_file()
         self._install_signal_handlers()
         self.reporter.start(cfg.train.steps, state.progress.step)
         self.state = state
@@ -202,10 +205,25 @@ class Trainer:
             self.recorder.add_rows(progress, figures)
             self.recorder.add_samples(progress, sample_rows(model, evalset, self.data.tokenizer, self.precision, self.device))
         self.flush(progress, force=True)
-        self.reporter.message(f"step {progress.step}: eval loss {figures['eval_loss']:.3f}, accuracy {figures['eval_acc']:.1%}")
+        bpc = f", {figures['eval_bpc']:.3f} bits/char" if "eval_bpc" in figures else ""
+        self.reporter.message(f"step {progress.step}: eval loss {figures['eval_loss']:.3f}, accuracy {figures['eval_acc']:.1%}{bpc}")
         return figures
 
     # Checkpoints ----------------------------------------------------------------------------------
+
+    def _write_tokenizer_file(self) -> None:
+        """A subword run's `tokenizer.json` beside its checkpoints, for tools outside mlmlab (every
+        checkpoint also carries it). Saving it is a convenience: a failure is said, not fatal."""
+        tokenizer = self.data.tokenizer
+        if tokenizer.kind == "char":
+            return
+        from mlmlab.subword import vocab_dump
+
+        try:
+            Path(self.run_dir).mkdir(parents=True, exist_ok=True)
+            write_text_atomic(Path(self.run_dir) / "tokenizer.json", vocab_dump(tokenizer))
+        except OSError as exc:
+            self.reporter.message(f"could not write tokenizer.json in {self.run_dir} ({exc.strerror})")
 
     def _checkpoint(self, state: TrainState, last_eval: dict[str, float]) -> None:
         """Write checkpoint `progress.step` and record it.

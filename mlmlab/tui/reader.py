@@ -25,8 +25,9 @@ LOG_TAIL_BYTES = 64 * 1024
 PLOT_METRICS = ("train_loss", "eval_loss", "eval_acc", "lr", "tokens_per_s")
 # The detail screen also draws the sequence-length curriculum (batch_size is logged only when it changes).
 DETAIL_METRICS = (*PLOT_METRICS, "seq_len", "batch_size")
-SUMMARY_METRICS = ("train_loss", "train_acc", "eval_loss", "eval_acc", "lr", "grad_norm", "tokens_per_s", "mem_mb")
-LOWER_IS_BETTER = {"train_loss", "eval_loss", "grad_norm", "step_ms", "mem_mb"}
+# eval_bpc (held-out bits per character) is the figure that compares a char run with a subword run.
+SUMMARY_METRICS = ("train_loss", "train_acc", "eval_loss", "eval_acc", "eval_bpc", "lr", "grad_norm", "tokens_per_s", "mem_mb")
+LOWER_IS_BETTER = {"train_loss", "eval_loss", "eval_bpc", "grad_norm", "step_ms", "mem_mb"}
 
 Stamp = tuple
 Points = list[tuple[float, float]]

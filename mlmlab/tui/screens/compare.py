@@ -19,7 +19,7 @@ from mlmlab.tui.screens.base import BACK, HELP, PLOT_KEYS, QUIT, PlotScreen
 from mlmlab.vocab import ACTIVE
 
 METRIC_TITLES = {"train_loss": "train loss", "eval_loss": "eval loss", "eval_acc": "eval accuracy",
-                 "lr": "learning rate", "tokens_per_s": "tokens/s", "train_acc": "train accuracy",
+                 "eval_bpc": "eval bits/char", "lr": "learning rate", "tokens_per_s": "tokens/s", "train_acc": "train accuracy",
                  "grad_norm": "gradient norm", "mem_mb": "memory (MB)"}
 FORMATS = {"eval_acc": ".2%", "train_acc": ".2%", "lr": ".3g", "tokens_per_s": ",.0f", "mem_mb": ",.0f",
            "grad_norm": ".3f"}
