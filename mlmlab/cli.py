@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from mlmlab.errors import MlmlabError
+from mlmlab.export.cli_command import add_export_command
 from mlmlab.paths import default_db_path, require_db_folder
 from mlmlab.tokenizer import TOKENIZER_KINDS
 
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     stop.set_defaults(func=cmd_stop)
     add_predict_command(sub)
     add_data_command(sub)
+    add_export_command(sub)
 
     app = sub.add_parser("app", help="open the terminal app (the default with no command)")
     add_db(app)
