@@ -276,7 +276,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from mlmlab.notation import parse
     from mlmlab.predict.loading import PredictorCache, load_predictor, use_prediction_threads
-    from mlmlab.predict.results import disagreements
+    from mlmlab.predict.results import compare_rows, disagreement_sides, same_positions
     from mlmlab.vocab import FILL_ALL, FILL_ITERATIVE
 
     if args.top_k < 1:
@@ -292,17 +292,27 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if other is not None:
         other_ref, other_predictor = load_predictor(db_path(args), *other, cache)
         other_result = other_predictor.predict(masked, args.top_k, mode)
-        disagree = disagreements(result, other_result)
+        disagree, disagree_other = disagreement_sides(result, other_result)
+        aligned = same_positions(result, other_result)  # else each read it its own way: rows by characters
+        rows = [] if aligned else compare_rows(result, other_result)
         answer["compare"] = {"run": {"id": other_ref.run_id, "name": other_ref.run_name}, **other_result.to_json()}
         answer["disagree"] = disagree
+        if not aligned:
+            answer["compare"]["disagree"] = disagree_other
+            answer["rows"] = [{"span": list(r.span), "text": r.text, "fill": r.left_fill, "compare_fill": r.right_fill,
+                               "agree": r.agree, "positions": [p.index for p in r.left],
+                               "compare_positions": [p.index for p in r.right]} for r in rows]
     if args.json:
         print(json.dumps(answer, indent=2, ensure_ascii=False))
         return 0
     print(format_prediction(ref.label, result))
     if other is not None:
         print("\n" + format_prediction(other_ref.label, other_result))
-        where = ", ".join(str(i) for i in disagree) or "nowhere"
-        print(f"\nthey disagree at {len(disagree)} of {len(result.positions)} hidden positions: {where}")
+        if aligned:
+            where = ", ".join(str(i) for i in disagree) or "nowhere"
+            print(f"\nthey disagree at {len(disagree)} of {len(result.positions)} hidden positions: {where}")
+        else:
+            print("\n" + format_rows(ref.label, other_ref.label, rows))
     return 0
 
 
@@ -317,26 +327,45 @@ def parse_compare(spec: str, run: str) -> tuple[str, int | None]:
 
 
 def format_prediction(label: str, result) -> str:
-    """Plain text for `mlmlab predict`: the filled sentence, then one row per hidden position."""
-    from mlmlab.vocab import FILL_ITERATIVE, token_glyph
+    """Plain text for `mlmlab predict`: the filled sentence, then one row per hidden position (a
+    subword model's rows are its hidden pieces, each with the characters it covers)."""
+    from mlmlab.predict.results import glyph
+    from mlmlab.vocab import FILL_ITERATIVE
 
     lines = [f"{label} · fill {'one at a time, most confident first' if result.mode == FILL_ITERATIVE else 'all at once'}"]
     lines += [f"note: {note}" for note in result.notes]
-    lines += [f"input   {result.masked.notation()}", f"filled  {result.filled}", ""]
+    lines += [f"input   {result.masked.notation()}"]
+    if result.subword:
+        lines += [f"reads   {' '.join(glyph(t) for t in result.model_input)}  ({result.tokenizer} subwords)"]
+    lines += [f"filled  {result.filled}", ""]
     iterative = result.mode == FILL_ITERATIVE
-    header = ("pos", "answer", "guess", "", "answer rank (p)", *(["pass"] if iterative else []), "top candidates")
+    chars = ("chars",) if result.subword else ()
+    header = ("pos", *chars, "answer", "guess", "", "answer rank (p)", *(["pass"] if iterative else []), "top candidates")
     rows = []
     for p in result.positions:
         mark = {True: "right", False: "wrong", None: ""}[p.correct]
         rank = f"{p.answer_rank} ({p.answer_probability:.3f})" if p.answer_rank else "-"
-        top = "  ".join(f"{token_glyph(c.token)} {c.probability:.3f}" for c in p.top)
-        rows.append((str(p.index), token_glyph(p.answer) if p.answer is not None else "?", token_glyph(p.choice), mark, rank,
+        top = "  ".join(f"{glyph(c.token)} {c.probability:.3f}" for c in p.top)
+        span = (f"{p.slots.start}-{p.slots.stop - 1}",) if result.subword else ()
+        rows.append((str(p.index), *span, glyph(p.answer) if p.answer is not None else "?", glyph(p.choice), mark, rank,
                      *([str(p.fill_pass)] if iterative else []), top))
     lines.append(format_table(header, rows))
     if result.n_known:
         loss = f"loss {result.loss:.3f} over {len(result.answered)} answered positions; " if result.loss is not None else ""
         lines += ["", f"{loss}{result.n_correct} of {result.n_known} right"]
     return "\n".join(lines)
+
+
+def format_rows(label: str, other_label: str, rows) -> str:
+    """Two predictions tokenised differently, side by side: one row per stretch of hidden characters."""
+    from mlmlab.predict.results import glyph
+
+    header = ("chars", "text", label, other_label, "")
+    table = [(f"{r.span[0]}-{r.span[1] - 1}", glyph(r.text), glyph(r.left_fill), glyph(r.right_fill), "agree" if r.agree else "differ")
+             for r in rows]
+    differ = sum(not r.agree for r in rows)
+    return "\n".join(["side by side, aligned by characters:", format_table(header, table), "",
+                      f"they disagree at {differ} of {len(rows)} hidden stretches"])
 
 
 def cmd_app(args: argparse.Namespace) -> int:

@@ -4,7 +4,9 @@
     To be or [MASK] to be        [MASK] hides one position whose answer is unknown
     a \\{literal\\} brace          a backslash before { } [ or \\ makes it an ordinary character
 
-For a char-level model every hidden character is one masked position, so `{quick}` is five.
+For a char-level model every hidden character is one masked position, so `{quick}` is five. For a
+subword model `[MASK]` is one subword and braces hide every subword their text overlaps
+(`mlmlab.predict.alignment`); the slots stay characters either way.
 A backslash before any other character is itself an ordinary character (so `C:\\path` needs no
 escaping). This module is plain Python: the app parses as the user types without importing torch.
 """
@@ -27,6 +29,7 @@ class Slot:
     answer: str | None  # the character that belongs here; None for a [MASK] with no known answer
     kind: str = VISIBLE  # VISIBLE, or how it is hidden: MASKED, RANDOM (another token shown), KEEP (shown as is)
     shown: str | None = None  # for RANDOM: the token the model sees instead of the answer
+    shown_id: int | None = None  # for RANDOM on a subword model: that token's id (its text can be ambiguous)
 
     @property
     def hidden(self) -> bool:

@@ -19,9 +19,10 @@ from mlmlab.masking import mask_tokens
 from mlmlab.masking_strategies import word_masking
 from mlmlab.model import MaskedLM, ModelArgs
 from mlmlab.notation import MaskedText, Slot
+from mlmlab.predict.alignment import Alignment, align, is_subword
 from mlmlab.predict.results import AttentionMap, Candidate, FillPass, PositionPrediction, Prediction
-from mlmlab.tokenizer import MASK_ID, N_SPECIAL, UNK, UNK_ID, CharTokenizer, tokenizer_from_dict
-from mlmlab.vocab import FILL_ALL, FILL_ITERATIVE, FILL_MODES, KIND_NAMES, KIND_RANDOM, MASKED, RANDOM
+from mlmlab.tokenizer import N_SPECIAL, CharTokenizer, tokenizer_from_dict
+from mlmlab.vocab import FILL_ALL, FILL_ITERATIVE, FILL_MODES, KIND_NAMES, KIND_RANDOM
 
 
 @dataclass
@@ -29,7 +30,7 @@ class Predictor:
     """A checkpoint's model and vocabulary, ready to predict on the CPU (or another device)."""
 
     model: MaskedLM
-    tokenizer: CharTokenizer
+    tokenizer: CharTokenizer  # or a subword.SubwordTokenizer: the same questions, answered by `alignment`
     config: dict[str, Any]
     step: int
     path: Path | None = None
@@ -62,52 +63,52 @@ class Predictor:
 
     # Sentence → ids ---------------------------------------------------------------------------
 
-    def _encode(self, masked: MaskedText, start: int = 0, end: int | None = None) -> tuple[list[int], list[str]]:
-        """Ids the model sees for positions start..end, and notes about characters it never saw there."""
-        stoi = self.tokenizer.stoi
-        ids, unseen_visible, unseen_answers = [], [], []
-        for i, slot in enumerate(masked.slots[start:end], start):
-            if slot.kind == MASKED:
-                ids.append(MASK_ID)
-            elif slot.kind == RANDOM:
-                ids.append(stoi.get(slot.shown or "", UNK_ID))
-            else:
-                ids.append(stoi.get(slot.answer, UNK_ID))
-                if slot.answer not in stoi:
-                    unseen_visible.append(slot.answer)
-            if slot.hidden and slot.answer is not None and slot.answer not in stoi:
-                unseen_answers.append(f"{slot.answer!r} at {i}")
-        notes = []
-        if unseen_visible:
-            chars = "".join(dict.fromkeys(unseen_visible))
-            notes.append(f"characters the model never saw are read as {UNK}: {chars!r}")
-        if unseen_answers:
-            notes.append(f"answers the model cannot produce (not in its vocabulary): {', '.join(unseen_answers)}")
-        return ids, notes
+    @property
+    def subword(self) -> bool:
+        return is_subword(self.tokenizer)
 
-    def _window(self, masked: MaskedText) -> tuple[int, int, list[str]]:
-        """The stretch of at most max_seq_len positions around the hidden ones."""
-        n, limit = len(masked), self.max_seq_len
+    def align(self, masked: MaskedText) -> Alignment:
+        """The positions this model reads for `masked`: characters, or subwords with their characters."""
+        return align(masked, self.tokenizer)
+
+    def _window(self, aligned: Alignment) -> tuple[int, int, list[str]]:
+        """The stretch of at most max_seq_len positions (characters or subwords) around the hidden ones."""
+        n, limit = len(aligned), self.max_seq_len
         if n <= limit:
             return 0, n, []
-        hidden = masked.hidden
+        hidden = aligned.hidden
         lo, hi = hidden[0], hidden[-1]
         span = hi - lo + 1
+        start = max(0, min(lo - (limit - span) // 2, n - limit))
+        if not aligned.subword:
+            if span > limit:
+                raise NotationError(
+                    f"the hidden positions span {span} characters ({lo}-{hi}), more than this model reads at once "
+                    f"(max_seq_len {limit}): hide a shorter stretch"
+                )
+            note = (f"the text is {n} characters, longer than this model reads at once (max_seq_len {limit}): "
+                    f"predicted on positions {start}-{start + limit - 1} around the hidden ones")
+            return start, start + limit, [note]
+        chars = aligned.slot_span(lo, hi + 1)
         if span > limit:
             raise NotationError(
-                f"the hidden positions span {span} characters ({lo}-{hi}), more than this model reads at once "
-                f"(max_seq_len {limit}): hide a shorter stretch"
+                f"the hidden subwords span {span} tokens (characters {chars[0]}-{chars[1] - 1}), more than this model "
+                f"reads at once (max_seq_len {limit}): hide a shorter stretch"
             )
-        start = max(0, min(lo - (limit - span) // 2, n - limit))
-        note = (f"the text is {n} characters, longer than this model reads at once (max_seq_len {limit}): "
-                f"predicted on positions {start}-{start + limit - 1} around the hidden ones")
+        seen = aligned.slot_span(start, start + limit)
+        note = (f"the text is {n} subwords, longer than this model reads at once (max_seq_len {limit}): "
+                f"predicted on subwords {start}-{start + limit - 1} (characters {seen[0]}-{seen[1] - 1}) around the hidden ones")
         return start, start + limit, [note]
 
-    def _prepare(self, masked: MaskedText) -> tuple[list[int], int, int, list[str]]:
+    def _prepare(self, masked: MaskedText) -> tuple[Alignment, list[int], int, int, list[str]]:
         masked.require_hidden()
-        start, end, window_notes = self._window(masked)
-        ids, notes = self._encode(masked, start, end)
-        return ids, start, end, window_notes + notes
+        aligned = self.align(masked)
+        if not aligned.hidden:
+            raise NotationError("nothing to predict: the hidden characters are whitespace, which this tokenizer "
+                                "does not encode; hide a word or write [MASK]")
+        start, end, window_notes = self._window(aligned)
+        ids = [u.shown_id for u in aligned.units[start:end]]
+        return aligned, ids, start, end, window_notes + aligned.notes(start, end)
 
     # Forward -----------------------------------------------------------------------------------
 
@@ -119,19 +120,26 @@ class Predictor:
         logits, _ = self.model(ids, positions=positions)
         return logits.float().softmax(-1).cpu()
 
-    def _position(self, masked: MaskedText, index: int, probs: torch.Tensor, shown_id: int, top_k: int,
+    def _position(self, aligned: Alignment, index: int, probs: torch.Tensor, top_k: int,
                   fill_pass: int | None = None) -> PositionPrediction:
         real = probs[N_SPECIAL:]
         k = max(1, min(top_k, real.numel()))
         values, order = real.topk(k)
-        top = tuple(Candidate(self.tokenizer.token(int(i) + N_SPECIAL), float(v)) for v, i in zip(values, order))
-        slot = masked.slots[index]
+        top = tuple(Candidate(self.tokenizer.token(int(i) + N_SPECIAL), float(v), int(i) + N_SPECIAL)
+                    for v, i in zip(values, order))
+        unit = aligned.units[index]
         rank = probability = None
-        answer_id = self.tokenizer.stoi.get(slot.answer) if slot.answer is not None else None
-        if answer_id is not None:
-            probability = float(probs[answer_id])
-            rank = 1 + int((real > probs[answer_id]).sum())
-        return PositionPrediction(index, slot.answer, self.tokenizer.token(shown_id), slot.kind, top, rank, probability, fill_pass)
+        if unit.answer_id is not None:
+            probability = float(probs[unit.answer_id])
+            rank = 1 + int((real > probs[unit.answer_id]).sum())
+        span = unit.span if aligned.subword else None
+        return PositionPrediction(index, unit.answer, self.tokenizer.token(unit.shown_id), unit.kind, top, rank,
+                                  probability, fill_pass, span, unit.answer_id)
+
+    def _result(self, aligned: Alignment, mode: str, positions, start: int, end: int, seen, notes, passes=()) -> Prediction:
+        spans = aligned.spans[start:end] if aligned.subword else ()
+        return Prediction(aligned.masked, mode, tuple(positions), (start, end), seen, tuple(notes), tuple(passes),
+                          self.step, self.tokenizer.kind, spans)
 
     def predict(self, masked: MaskedText, top_k: int = 5, mode: str = FILL_ALL) -> Prediction:
         """Predict every hidden position: all at once, or iteratively (most confident first)."""
@@ -139,19 +147,19 @@ class Predictor:
             raise MlmlabError(f"top-k must be at least 1, not {top_k}")
         if mode not in FILL_MODES:
             raise MlmlabError(f"fill mode must be {FILL_ALL!r} or {FILL_ITERATIVE!r}, not {mode!r}")
-        ids, start, end, notes = self._prepare(masked)
+        aligned, ids, start, end, notes = self._prepare(masked)
         seen = tuple(self.tokenizer.token(i) for i in ids)
-        hidden = masked.hidden
+        hidden = aligned.hidden
         if mode == FILL_ALL:
             probs = self._probabilities(ids, [i - start for i in hidden])
-            positions = tuple(self._position(masked, i, p, ids[i - start], top_k) for i, p in zip(hidden, probs))
-            return Prediction(masked, mode, positions, (start, end), seen, tuple(notes), step=self.step)
-        return self._fill_iteratively(masked, ids, start, end, seen, notes, top_k)
+            positions = [self._position(aligned, i, p, top_k) for i, p in zip(hidden, probs)]
+            return self._result(aligned, mode, positions, start, end, seen, notes)
+        return self._fill_iteratively(aligned, ids, start, end, seen, notes, top_k)
 
-    def _fill_iteratively(self, masked, ids, start, end, seen, notes, top_k) -> Prediction:
-        """Mask-predict one position per pass: fill the most confident, then look again."""
+    def _fill_iteratively(self, aligned: Alignment, ids, start, end, seen, notes, top_k) -> Prediction:
+        """Mask-predict one position (character or subword) per pass: fill the most confident, then look again."""
         ids = list(ids)
-        remaining = list(masked.hidden)
+        remaining = list(aligned.hidden)
         done: dict[int, PositionPrediction] = {}
         passes = []
         while remaining:
@@ -160,12 +168,12 @@ class Predictor:
             best_prob, best_token = real.max(-1)
             pick = int(best_prob.argmax())
             index = remaining.pop(pick)
-            done[index] = self._position(masked, index, probs[pick], ids[index - start], top_k, fill_pass=len(passes) + 1)
+            done[index] = self._position(aligned, index, probs[pick], top_k, fill_pass=len(passes) + 1)
             ids[index - start] = int(best_token[pick]) + N_SPECIAL
             passes.append(FillPass(index, self.tokenizer.token(ids[index - start]), float(best_prob[pick]),
                                    tuple(self.tokenizer.token(i) for i in ids)))
-        positions = tuple(done[i] for i in masked.hidden)
-        return Prediction(masked, FILL_ITERATIVE, positions, (start, end), seen, tuple(notes), tuple(passes), self.step)
+        positions = [done[i] for i in aligned.hidden]
+        return self._result(aligned, FILL_ITERATIVE, positions, start, end, seen, notes, passes)
 
     @torch.inference_mode()
     def attention(self, masked: MaskedText, layer: int | None = None, head: int | None = None) -> AttentionMap:
@@ -175,25 +183,33 @@ class Predictor:
             raise MlmlabError(f"layer {layer} does not exist: this model has layers 0-{args.n_layers - 1}")
         if head is not None and not 0 <= head < args.n_heads:
             raise MlmlabError(f"head {head} does not exist: this model has heads 0-{args.n_heads - 1}")
-        ids, start, _, _ = self._prepare(masked)
+        aligned, ids, start, end, _ = self._prepare(masked)
         maps = self.model.attention_maps(torch.tensor([ids], dtype=torch.long, device=self.device))[:, 0]
         maps = maps.float().cpu()  # (layers, heads, T, T)
         maps = maps.mean(0) if layer is None else maps[layer]
         maps = maps.mean(0) if head is None else maps[head]
         weights = tuple(tuple(row) for row in maps.tolist())
         tokens = tuple(self.tokenizer.token(i) for i in ids)
-        return AttentionMap(tokens, weights, start, layer, head, args.n_layers, args.n_heads)
+        if not aligned.subword:
+            return AttentionMap(tokens, weights, start, layer, head, args.n_layers, args.n_heads)
+        units = aligned.units[start:end]
+        return AttentionMap(tokens, weights, start, layer, head, args.n_layers, args.n_heads,
+                            tuple(u.span for u in units), tuple(u.kind for u in units))
 
     def draw_training_mask(self, masked: MaskedText, seed: int, around: int = 0) -> MaskedText:
         """Hide positions exactly as training does (`mask.*` of the run's config), replacing earlier masks.
 
         Chosen positions become [MASK], a random real token, or stay unchanged in the run's
         proportions. [MASK]s without an answer stay; characters the model never saw are never chosen.
-        On text longer than max_seq_len, only the window around position `around` is drawn from.
+        On a subword model the units drawn are subwords (whole words with mask.strategy whole_word), and
+        every character of a chosen one takes its kind. On text longer than max_seq_len, only the window
+        (in the model's positions) around the character `around` is drawn from.
         """
         base = masked.unmasked()
-        ids, _ = self._encode(base)
+        aligned = self.align(base)
+        ids = [u.shown_id for u in aligned.units]
         n, limit = len(ids), self.max_seq_len
+        around = aligned.unit_at(around)
         start = max(0, min(around - limit // 2, n - limit)) if n > limit else 0
         window = torch.tensor([ids[start : start + limit]], dtype=torch.long)
         # The config's own section: it fills the keys an older checkpoint lacks (mask.strategy: token).
@@ -210,8 +226,12 @@ class Predictor:
             raise NotationError("nothing here can be masked as training does: the model knows none of these characters")
         changes = {}
         for offset, kind in enumerate(batch.kinds[0].tolist()):
-            if kind:
-                slot = base.slots[start + offset]
-                shown = self.tokenizer.token(int(batch.inputs[0, offset])) if kind == KIND_RANDOM else None
-                changes[start + offset] = Slot(slot.answer, KIND_NAMES[kind], shown)
+            if not kind:
+                continue
+            shown_id = int(batch.inputs[0, offset]) if kind == KIND_RANDOM else None
+            shown = self.tokenizer.token(shown_id) if shown_id is not None else None
+            for i in aligned.units[start + offset].slots:  # a subword's every character
+                slot = base.slots[i]
+                if slot.answer is not None:
+                    changes[i] = Slot(slot.answer, KIND_NAMES[kind], shown, shown_id if aligned.subword else None)
         return base.with_slots(changes)

@@ -6,7 +6,7 @@ prediction worker loads checkpoints and predicts (`worker.answer`). Importing th
 import torch: the predictors are created, and cached while the screen is open, in that worker.
 
 Keys: type in the box (the notation of `mlmlab predict`), Enter to reach the sentence, then ←/→ to
-move, Space to hide or show a character, `w` the word, `r` a random 15% as training masks, `c` to
+move, Space to hide or show a character, `w` the word (with a subword model: every piece of it), `r` a random 15% as training masks, `c` to
 show all; `i` one-at-a-time filling, `a` the attention view (`l` layer, `h` head), `+`/`-` top-k.
 """
 
@@ -28,7 +28,7 @@ from textual.worker import Worker, WorkerState, get_current_worker
 from mlmlab.errors import MlmlabError
 from mlmlab.notation import MaskedText, parse
 from mlmlab.tui.explorer.pickers import CheckpointPickers
-from mlmlab.tui.explorer.render import heatmap_text, legend_text, model_input_text, side_text
+from mlmlab.tui.explorer.render import comparison_text, heatmap_text, legend_text, model_input_text, side_text
 from mlmlab.tui.explorer.widget import MaskedSentence
 from mlmlab.tui.explorer.worker import Outcome, Request, answer, new_predictor_cache
 from mlmlab.tui.messages import (ChoicesProblem, PredictionFailed, PredictionLoading, PredictionReady,
@@ -75,11 +75,12 @@ class MaskExplorerScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield CheckpointPickers(self.db_path, self.initial_run, id="pickers")
-        yield Input(self.initial_text, id="sentence-input", placeholder="The {quick} brown fox  ·  [MASK] hides one unknown character")
+        yield Input(self.initial_text, id="sentence-input", placeholder="The {quick} brown fox  ·  [MASK] hides one unknown character (a subword model: one subword)")
         yield Static(id="status", markup=False)
         yield MaskedSentence(id="sentence")
         yield Static(id="model-input", markup=False)
         yield Static(id="legend", markup=False)
+        yield Static(id="comparison", markup=False)
         with Horizontal(id="panes"):
             with VerticalScroll(id="primary-pane"):
                 yield Static(id="primary", markup=False)
@@ -95,7 +96,9 @@ class MaskExplorerScreen(Screen):
         self.query_one("#legend", Static).update(legend_text())
         self.query_one("#secondary-pane").display = False
         self.query_one("#attention-pane").display = False
-        # Side by side, both panes list the same positions line for line: scrolling one scrolls both.
+        self.query_one("#comparison").display = False
+        # Side by side, both panes list the same positions line for line (unless one run reads subwords and
+        # the other characters: then #comparison lines them up): scrolling one scrolls both.
         primary, secondary = self.query_one("#primary-pane"), self.query_one("#secondary-pane")
         self.watch(primary, "scroll_y", lambda y: self._follow_scroll(secondary, y), init=False)
         self.watch(secondary, "scroll_y", lambda y: self._follow_scroll(primary, y), init=False)
@@ -251,14 +254,19 @@ class MaskExplorerScreen(Screen):
         width = 16 if comparing else 30
         self.query_one("#primary", Static).update(side_text(outcome.primary, outcome.disagree, width))
         if outcome.secondary:
-            self.query_one("#secondary", Static).update(side_text(outcome.secondary, outcome.disagree, width))
+            self.query_one("#secondary", Static).update(side_text(outcome.secondary, outcome.secondary_disagree, width))
+        rows = self.query_one("#comparison", Static)
+        rows.display = bool(outcome.rows)  # a char run beside a subword run: their positions differ
+        if outcome.rows:
+            rows.update(comparison_text(list(outcome.rows), f"run {outcome.primary.ref.run_id}", f"run {outcome.secondary.ref.run_id}"))
         self.query_one("#secondary-pane").display = comparing and not self.attention_on
         self._draw_attention()
 
     def _clear_results(self) -> None:
         self.outcome = None
-        for name in ("#primary", "#secondary", "#attention"):
+        for name in ("#primary", "#secondary", "#attention", "#comparison"):
             self.query_one(name, Static).update(Text(""))
+        self.query_one("#comparison").display = False
 
     def _draw_attention(self) -> None:
         if not self.attention_on:

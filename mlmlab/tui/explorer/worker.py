@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlmlab.notation import MaskedText
-from mlmlab.predict.results import AttentionMap, CheckpointRef, Prediction, disagreements
+from mlmlab.predict.results import (AttentionMap, CheckpointRef, ComparisonRow, Prediction, compare_rows,
+                                   disagreement_sides, same_positions)
 from mlmlab.tui.reader import describe_error, read_only_store
 from mlmlab.vocab import FILL_ALL
 
@@ -86,8 +87,10 @@ class Outcome:
     masked: MaskedText  # differs from the request's after a random draw
     primary: Side
     secondary: Side | None
-    disagree: tuple[int, ...]
+    disagree: tuple[int, ...]  # the primary's positions where the two disagree
     attention: AttentionMap | None
+    secondary_disagree: tuple[int, ...] = ()  # the secondary's (the same, unless they read different positions)
+    rows: tuple[ComparisonRow, ...] = ()  # when they read different positions (char vs subword): lined up by characters
 
 
 def new_predictor_cache() -> PredictorCache:
@@ -122,6 +125,12 @@ def answer(request: Request, cache: PredictorCache, loading: Callable[[str], Non
         start = time.perf_counter()
         prediction = predictor.predict(masked, request.top_k, request.mode)
         sides.append(Side(ref, prediction, load_seconds, (time.perf_counter() - start) * 1000))
-    disagree = tuple(disagreements(sides[0].prediction, sides[1].prediction)) if len(sides) == 2 else ()
+    disagree = theirs = rows = ()
+    if len(sides) == 2:
+        a, b = sides[0].prediction, sides[1].prediction
+        mine, other = disagreement_sides(a, b)
+        disagree, theirs = tuple(mine), tuple(other)
+        rows = () if same_positions(a, b) else tuple(compare_rows(a, b))
     attention = predictors[0].attention(masked, *request.attention) if request.attention else None
-    return Outcome(request.serial, masked, sides[0], sides[1] if len(sides) == 2 else None, disagree, attention)
+    return Outcome(request.serial, masked, sides[0], sides[1] if len(sides) == 2 else None, disagree, attention,
+                   theirs, rows)
