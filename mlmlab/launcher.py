@@ -17,7 +17,7 @@ import torch
 from mlmlab import checkpoints as ckpt
 from mlmlab.config import RESUMABLE_KEYS, SHAPE_KEYS, ExperimentConfig, build_config, load_config, parse_overrides
 from mlmlab.devices import resolve_device, resolve_precision
-from mlmlab.errors import CheckpointError, ConfigError, MlmlabError, StoreError
+from mlmlab.errors import CheckpointError, ConfigError, DataError, MlmlabError, StoreError
 from mlmlab.paths import write_text_atomic
 from mlmlab.store import Store
 from mlmlab.tokenizer import tokenizer_from_dict
@@ -104,7 +104,11 @@ def resume_run(db_path: Path, ref: str, sets: list[str], *, device: str | None,
         )
     dev = dist.device(resolve_device(cfg.train.device))
     precision = resolve_precision(cfg.train.precision, dev)
-    data = prepare_data(cfg, tokenizer_from_dict(payload["vocab"]))
+    try:
+        tokenizer = tokenizer_from_dict(payload["vocab"])
+    except DataError as exc:  # a vocabulary that does not parse: name the file it came from
+        raise CheckpointError(f"checkpoint {payload['path']}: {exc}", run_id=run["id"]) from None
+    data = prepare_data(cfg, tokenizer)
     store = Store(db_path) if dist.rank == 0 else None
     if store:
         try:

@@ -26,7 +26,7 @@ from mlmlab.errors import ConfigError
 
 # (key, label); Literal-typed keys become a Select, the rest an Input.
 SECTIONS: list[tuple[str, list[tuple[str, str]]]] = [
-    ("Data", [("data.source", "source"), ("data.tokenizer", "tokenizer")]),
+    ("Data", [("data.source", "source"), ("data.tokenizer", "tokenizer"), ("data.vocab_size", "vocab size")]),
     ("Model", [("model.d_model", "d_model"), ("model.n_layers", "layers"), ("model.n_heads", "heads"),
                ("model.d_ff", "d_ff"), ("model.max_seq_len", "max_seq_len"), ("model.dropout", "dropout")]),
     ("Masking", [("mask.masking_prob", "masking"), ("mask.randomize_prob", "random"),
