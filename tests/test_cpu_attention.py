@@ -182,10 +182,12 @@ def test_a_cpu_bf16_step_runner_says_when_the_kernel_is_missing(monkeypatch):
 def test_a_step_runner_says_so_while_the_kernel_compiles(monkeypatch):
     import time
 
+    from mlmlab.engine import step
     from mlmlab.engine.step import StepRunner
 
     model = tiny_model()
     messages = []
+    monkeypatch.setattr(step, "KERNEL_NOTICE_S", 0.5)
 
     def runner_with_prepare(seconds: float):
         messages.clear()
@@ -194,4 +196,4 @@ def test_a_step_runner_says_so_while_the_kernel_compiles(monkeypatch):
         return messages
 
     assert runner_with_prepare(0.0) == []  # cached: nothing to say
-    assert runner_with_prepare(1.3) == ["compiling mlmlab's fused CPU attention kernel (first use; cached after that)"]
+    assert runner_with_prepare(0.8) == [step.KERNEL_NOTICE]

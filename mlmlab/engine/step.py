@@ -22,6 +22,9 @@ from mlmlab.masking_strategies import WordMasking
 from mlmlab.model import MaskedLM, ModelArgs
 from mlmlab.tokenizer import PAD_ID
 
+KERNEL_NOTICE_S = 4.0  # loading the kernel from its cache takes about 2 s (importing inductor); compiling about 12
+KERNEL_NOTICE = "preparing mlmlab's fused CPU attention kernel (compiled on first use, about 12 s; cached after that)"
+
 
 def model_args(cfg: ExperimentConfig, vocab_size: int) -> ModelArgs:
     m = cfg.model
@@ -87,9 +90,9 @@ class StepRunner:
         self.metrics = True  # per-step accuracy and masking split; off only to measure their cost
 
     def _prepare_kernel(self) -> bool:
-        """cpu_attention.prepare(), saying so when it compiles the kernel (about 12 s with an empty cache)."""
-        notice = threading.Timer(1.0, self.on_message, ["compiling mlmlab's fused CPU attention kernel "
-                                                        "(first use; cached after that)"])
+        """cpu_attention.prepare(), saying so when it takes long: compiling takes about 12 s with an empty
+        cache, while loading it from the cache takes about 2 s (importing inductor), more on a busy machine."""
+        notice = threading.Timer(KERNEL_NOTICE_S, self.on_message, [KERNEL_NOTICE])
         notice.start()
         try:
             return cpu_attention.prepare()
