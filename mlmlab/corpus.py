@@ -157,16 +157,22 @@ def _runs(starts: np.ndarray, chosen: np.ndarray, n: int) -> np.ndarray:
 class TrainText:
     """The training side of the split as a stream of texts (runs of consecutive training blocks), in
     one pass: what a subword vocabulary is trained on and what char counts are counted over. After
-    iterating, `n` is the corpus's length in characters."""
+    iterating, `n` is the corpus's length in characters.
+
+    `cut(text)` is the length of the longest prefix of `text` that may be cut off without changing
+    what a tokenizer makes of either side (0: none; `subword.safe_cut`). Given, a run is yielded
+    in pieces cut only there (or, past 4 chunks without such a point, anywhere), so what a trainer
+    counts does not depend on where `chunk_bytes` reads fall. Without it, pieces end at chunk edges."""
 
     def __init__(self, corpus: Corpus, max_chars: int, valid_fraction: float, min_len: int,
-                 chunk_bytes: int = CHUNK_BYTES, progress: Callable[[int], None] | None = None):
+                 chunk_bytes: int = CHUNK_BYTES, progress: Callable[[int], None] | None = None,
+                 cut: Callable[[str], int] | None = None):
         self.corpus, self.max_chars, self.valid_fraction, self.min_len = corpus, max_chars, valid_fraction, min_len
-        self.chunk_bytes, self.progress, self.n = chunk_bytes, progress, 0
+        self.chunk_bytes, self.progress, self.n, self.cut = chunk_bytes, progress, 0, cut
 
     def __iter__(self) -> Iterator[str]:
         small: list[str] = []  # a corpus under 20 blocks is split by its tail, known only at the end
-        pos, seen_text = 0, False
+        pos, seen_text, carry = 0, False, ""  # carry: the open run's text after its last cut
         for text, _ in self.corpus.pieces(self.max_chars, self.chunk_bytes, self.progress):
             seen_text = seen_text or bool(text.strip())
             if small is not None:
@@ -175,8 +181,13 @@ class TrainText:
                     pos += len(text)
                     continue
                 text, pos, small = "".join(small), 0, None  # certainly split by blocks: replay the buffer
-            yield from self._train_runs(text, pos)
+            for part, closed in self._train_runs(text, pos):
+                ready, carry = self._ready(carry + part, closed)
+                if ready:
+                    yield ready
             pos += len(text)
+        if carry:
+            yield carry
         if not seen_text:
             raise DataError(f"data.source = {self.corpus.source!r}: the corpus is empty")
         if small is not None:  # tail split: the training prefix
@@ -189,8 +200,18 @@ class TrainText:
             split_segments(pos, self.valid_fraction, self.min_len)  # each side long enough
         self.n = pos
 
-    def _train_runs(self, text: str, pos: int) -> Iterator[str]:
-        """The parts of `text` (starting at corpus position `pos`) in training blocks, joined where consecutive."""
+    def _ready(self, buf: str, closed: bool) -> tuple[str, str]:
+        """(what to yield now, what to carry on) of an open run's text; a closed run is all ready."""
+        if closed or self.cut is None:
+            return buf, ""
+        at = self.cut(buf) or (len(buf) if len(buf) > 4 * self.chunk_bytes else 0)
+        return buf[:at], buf[at:]
+
+    def _train_runs(self, text: str, pos: int) -> Iterator[tuple[str, bool]]:
+        """The parts of `text` (starting at corpus position `pos`) in training blocks, joined where
+        consecutive, each with whether its run ends there: ("", True) where a held-out block
+        begins (it closes a run carried from the previous text), (part, False) for a run still open
+        at the text's end."""
         first, last = pos // BLOCK_CHARS, (pos + len(text) - 1) // BLOCK_CHARS
         valid = held_out_blocks(first, last - first + 1, self.valid_fraction)
         run_start = None
@@ -198,11 +219,11 @@ class TrainText:
             lo, hi = max(b * BLOCK_CHARS - pos, 0), min((b + 1) * BLOCK_CHARS - pos, len(text))
             if not held_out and run_start is None:
                 run_start = lo
-            elif held_out and run_start is not None:
-                yield text[run_start:lo]
+            elif held_out:
+                yield ("" if run_start is None else text[run_start:lo]), True
                 run_start = None
         if run_start is not None:
-            yield text[run_start:hi]
+            yield text[run_start:hi], False
 
 
 def train_char_counts(corpus: Corpus, max_chars: int, valid_fraction: float, min_len: int,

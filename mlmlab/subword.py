@@ -69,7 +69,12 @@ def _trainer(kind: str, vocab_size: int):
 
 
 def train_subword(kind: str, texts: Iterable[str], vocab_size: int) -> "SubwordTokenizer":
-    """A vocabulary of `vocab_size` pieces learned from `texts` (the training split, streamed)."""
+    """A vocabulary of `vocab_size` pieces learned from `texts` (the training split, streamed).
+
+    bpe and bytelevel learn the same vocabulary from the same text in every process; WordPiece's
+    trainer breaks ties in hash-map order (huggingface/tokenizers#1794), so two processes may learn
+    vocabularies that differ in a few pieces. Nothing depends on retraining: the vocabulary is
+    remembered in the cache folder and saved with the run and its checkpoints."""
     least, what = min_vocab_size(kind)
     if vocab_size < least:
         raise DataError(f"data.vocab_size = {vocab_size}: too small for {kind}: at least {least} ({what})")
@@ -79,6 +84,9 @@ def train_subword(kind: str, texts: Iterable[str], vocab_size: int) -> "SubwordT
     if not seen.any_text:
         raise DataError("the training split holds no text to learn a vocabulary from")
     got = tok.get_vocab_size()
+    if got <= N_SPECIAL:  # the normaliser dropped every character (wordpiece: control and U+FFFD)
+        raise DataError(f"the training split is empty after {kind} tokenisation (only whitespace, control or "
+                        "replacement characters): there is nothing to learn a vocabulary from")
     if got > vocab_size:  # the alphabet alone did not fit
         raise DataError(f"data.vocab_size = {vocab_size}: smaller than this corpus's alphabet; "
                         f"{kind} needs at least {got} here (the special tokens and every character)")
@@ -109,6 +117,10 @@ class SubwordTokenizer:
         self.raw = [tok.id_to_token(i) for i in range(tok.get_vocab_size())]
         if any(t is None for t in self.raw):
             raise DataError(f"{kind} tokenizer: its ids are not contiguous")
+        try:  # a file that parses can still fail on the first unseen character (its [UNK] missing)
+            tok.encode("a \u2603 1", add_special_tokens=False)
+        except Exception as exc:  # the library raises a bare Exception
+            raise DataError(f"{kind} tokenizer: does not encode text ({str(exc).splitlines()[0][:160]})") from None
         self.pieces = [self._readable(i, t) for i, t in enumerate(self.raw)]
         self._lookup: dict[str, int] | None = None
 
@@ -138,8 +150,18 @@ class SubwordTokenizer:
         return np.concatenate(ids), np.concatenate(starts)
 
     def decode(self, ids: Iterable[int], specials: bool = True) -> str:
-        text = "".join(self.token(i) for i in ids if specials or i >= N_SPECIAL)
-        return text[1:] if text.startswith(" ") else text
+        """The text of `ids`. WordPiece drops whitespace, so its words (a special token is one of
+        its own: "the [MASK] sat") are joined by single spaces; bpe and byte-level keep their spaces
+        as pieces and decode exactly, byte-level joining the bytes of a character split over pieces."""
+        ids = [i for i in ids if specials or i >= N_SPECIAL]
+        for i in ids:
+            self.token(i)  # an id outside the vocabulary is one DataError, as in token()
+        if self.kind == "bytelevel":
+            return "".join(self.pieces[run[0]] if run[0] < N_SPECIAL else _bytes_text("".join(self.raw[i] for i in run))
+                           for run in _runs_of_specials(ids))
+        spaced = self.kind == "wordpiece"
+        text = "".join(" " + self.pieces[i] if spaced and i < N_SPECIAL else self.pieces[i] for i in ids)
+        return text[1:] if spaced and text.startswith(" ") else text
 
     def token(self, token_id: int) -> str:
         if not 0 <= token_id < len(self.pieces):
@@ -163,8 +185,9 @@ class SubwordTokenizer:
         return gaps, starts
 
     def starts_word(self, token_id: int) -> bool:
-        """Whether a piece begins a word: a leading space, a non-`##` WordPiece piece, or punctuation
-        (the pre-tokenizers of all three kinds split punctuation from letters)."""
+        """Whether a piece begins a word: a non-`##` WordPiece piece, a leading space, or punctuation
+        (WordPiece and byte-level split punctuation from letters; bpe splits only at spaces, so a
+        bpe piece such as "s." stays with its word)."""
         raw, piece = self.raw[token_id], self.pieces[token_id]
         if self.kind == "wordpiece":
             return not raw.startswith(CONTINUATION)
@@ -179,7 +202,7 @@ class SubwordTokenizer:
         text = data.get("tokenizer_json") if isinstance(data, dict) else None
         if kind not in KINDS or not isinstance(text, str):
             raise DataError("saved vocabulary is not a subword tokenizer (needs 'kind' and 'tokenizer_json')")
-        return cls.from_json(kind, text)
+        return cls.from_json(kind, text, where="the saved vocabulary's tokenizer_json")
 
     @classmethod
     def from_json(cls, kind: str, text: str, where: str = "tokenizer.json") -> "SubwordTokenizer":
@@ -240,6 +263,21 @@ def _byte_decoder() -> dict[str, int]:
 
 
 _BYTES = _byte_decoder()
+
+
+def _runs_of_specials(ids: list[int]) -> Iterator[list[int]]:
+    """`ids` in runs: each special token alone, the real tokens between them together."""
+    run: list[int] = []
+    for i in ids:
+        if i < N_SPECIAL:
+            if run:
+                yield run
+            yield [i]
+            run = []
+        else:
+            run.append(i)
+    if run:
+        yield run
 
 
 def _bytes_text(raw: str) -> str:

@@ -37,7 +37,7 @@ from mlmlab.tokenizer import DEFAULT_VOCAB_SIZE, N_SPECIAL, build_tokenizer, tok
 MAGIC = b"MLMLAB-TOKENS-1\n"
 HEADER_BYTES = 4096
 FORMAT = 1
-SUBWORD_RECIPE = 1  # bump when subword.py changes how a vocabulary is trained
+SUBWORD_RECIPE = 2  # bump when subword.py changes how a vocabulary is trained (2: texts cut only at safe_cut points)
 
 
 @dataclass
@@ -136,9 +136,9 @@ def corpus_tokenizer(corpus: Corpus, digest: str, kind: str, max_chars: int, val
         counts, n = train_char_counts(corpus, max_chars, valid_fraction, min_len, chunk_bytes, progress)
         tokenizer = build_tokenizer(kind, counts)
     else:
-        from mlmlab.subword import train_subword
+        from mlmlab.subword import safe_cut, train_subword
 
-        train = TrainText(corpus, max_chars, valid_fraction, min_len, chunk_bytes, progress)
+        train = TrainText(corpus, max_chars, valid_fraction, min_len, chunk_bytes, progress, cut=safe_cut)
         tokenizer, n = train_subword(kind, train, vocab_size or DEFAULT_VOCAB_SIZE), train.n
     _write_json(memo, {"tokenizer": tokenizer.to_dict(), "n": n, "min_len": min_len})
     return tokenizer
