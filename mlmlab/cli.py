@@ -95,18 +95,19 @@ def add_config_args(parser: argparse.ArgumentParser, example: str) -> None:
 
 
 def add_predict_command(sub: argparse._SubParsersAction) -> None:
-    predict = sub.add_parser("predict", help="ask a checkpoint what belongs at hidden positions of a sentence",
+    predict = sub.add_parser("predict", help="ask a checkpoint (or a local HF masked LM) what belongs at hidden positions",
                              description="Braces hide the enclosed text and keep it as the answer ('The {quick} fox'); "
-                                         "[MASK] hides one position with no answer; \\{ \\} \\[ \\\\ are literal characters.")
-    predict.add_argument("run", help="run id or name")
+                                         "[MASK] hides one position with no answer; \\{ \\} \\[ \\\\ are literal characters. "
+                                         "RUN may also be a local Hugging Face model directory (save_pretrained; needs mlmlab[hf]).")
+    predict.add_argument("run", metavar="RUN", help="run id or name, or a local model directory (a path holding config.json)")
     predict.add_argument("text", help="the sentence, e.g. 'The {quick} brown fox' or 'To be or [MASK] to be'")
     predict.add_argument("--top-k", type=int, default=5, metavar="K", help="candidates per position (default 5)")
     predict.add_argument("--checkpoint", type=int, metavar="STEP", help="the checkpoint at this step (default: the latest)")
     predict.add_argument("--iterative", action="store_true",
                          help="fill one position per pass, most confident first, re-predicting after each fill")
-    predict.add_argument("--compare", metavar="[RUN][@STEP]",
+    predict.add_argument("--compare", metavar="[RUN][@STEP]|PATH",
                          help="predict the same sentence with a second checkpoint and mark where they disagree: "
-                              "@STEP (this run at STEP), RUN (its latest) or RUN@STEP")
+                              "@STEP (this run at STEP), RUN (its latest), RUN@STEP, or PATH (a local model directory)")
     predict.add_argument("--json", action="store_true", help="print one JSON object for scripts")
     add_db(predict)
     predict.set_defaults(func=cmd_predict)
@@ -288,14 +289,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     cache = PredictorCache(size=2)
     ref, predictor = load_predictor(db_path(args), args.run, args.checkpoint, cache)
     result = predictor.predict(masked, args.top_k, mode)
-    answer = {"run": {"id": ref.run_id, "name": ref.run_name}, **result.to_json()}
+    answer = {**ref.to_json(), **result.to_json()}
     if other is not None:
         other_ref, other_predictor = load_predictor(db_path(args), *other, cache)
         other_result = other_predictor.predict(masked, args.top_k, mode)
         disagree, disagree_other = disagreement_sides(result, other_result)
         aligned = same_positions(result, other_result)  # else each read it its own way: rows by characters
         rows = [] if aligned else compare_rows(result, other_result)
-        answer["compare"] = {"run": {"id": other_ref.run_id, "name": other_ref.run_name}, **other_result.to_json()}
+        answer["compare"] = {**other_ref.to_json(), **other_result.to_json()}
         answer["disagree"] = disagree
         if not aligned:
             answer["compare"]["disagree"] = disagree_other
@@ -317,7 +318,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def parse_compare(spec: str, run: str) -> tuple[str, int | None]:
-    """`--compare`: '@STEP' (the same run), 'RUN' (its latest checkpoint) or 'RUN@STEP'."""
+    """`--compare`: '@STEP' (the same run), 'RUN' (its latest checkpoint), 'RUN@STEP' or a model directory."""
+    from mlmlab.predict.hf_dir import model_dir_of
+
+    if model_dir_of(spec) is not None:  # before the '@' split: a path may hold one
+        return spec, None
     name, at, step = spec.rpartition("@") if "@" in spec else (spec, "", "")
     if at and not step.isdigit():
         raise MlmlabError(f"--compare {spec!r}: expected @STEP, RUN or RUN@STEP, with STEP a number")

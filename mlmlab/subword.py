@@ -191,7 +191,7 @@ class SubwordTokenizer:
         raw, piece = self.raw[token_id], self.pieces[token_id]
         if self.kind == "wordpiece":
             return not raw.startswith(CONTINUATION)
-        return piece[:1].isspace() or _punctuation(piece)
+        return piece[:1].isspace() or is_punctuation(piece)
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "tokenizer_json": self.tok.to_str()}
@@ -220,7 +220,7 @@ class SubwordTokenizer:
         if self.kind == "wordpiece":
             if raw.startswith(CONTINUATION):
                 return raw[len(CONTINUATION):]
-            return raw if _punctuation(raw) else " " + raw
+            return raw if is_punctuation(raw) else " " + raw
         if self.kind == "bpe":
             return raw.replace(METASPACE, " ")
         return _bytes_text(raw)
@@ -245,7 +245,7 @@ def safe_cut(text: str) -> int:
     return 0
 
 
-def _punctuation(text: str) -> bool:
+def is_punctuation(text: str) -> bool:
     stripped = text.strip()
     return bool(stripped) and all(unicodedata.category(ch).startswith(("P", "S")) for ch in stripped)
 

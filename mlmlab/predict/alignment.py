@@ -11,7 +11,10 @@ positions (*units*) and back:
   it) is hidden whole and named in a note; whitespace inside a piece (BPE's leading space) does not
   count as cut, since hiding a word hides the space these tokenizers glue to it.
 
-Plain Python (no torch): the predictor, the CLI and the app all read the same alignment.
+The special ids are mlmlab's (0-2 for every kind) unless the tokenizer names its own as
+`specials` (a Hugging Face tokenizer: its mask token, its [UNK], every special id), so the same
+alignment serves any local masked LM. Plain Python (no torch): the predictor, the CLI and the app
+all read the same alignment.
 """
 
 from __future__ import annotations
@@ -21,6 +24,27 @@ from dataclasses import dataclass
 from mlmlab.notation import MASK_TEXT, MaskedText
 from mlmlab.tokenizer import MASK_ID, N_SPECIAL, UNK, UNK_ID
 from mlmlab.vocab import KEEP, MASKED, RANDOM, VISIBLE
+
+
+@dataclass(frozen=True)
+class Specials:
+    """The ids a tokenizer reserves, and how its mask and unknown tokens are spelled."""
+
+    mask_id: int = MASK_ID
+    unk_id: int | None = UNK_ID  # None: a byte-level vocabulary needs none
+    mask_text: str = MASK_TEXT  # what the written sentence holds where [MASK] is
+    unk_text: str = UNK
+    ids: frozenset[int] = frozenset(range(N_SPECIAL))  # never an answer, never a candidate
+
+    def special(self, token_id: int) -> bool:
+        return token_id in self.ids
+
+
+MLMLAB_SPECIALS = Specials()
+
+
+def specials_of(tokenizer) -> Specials:
+    return getattr(tokenizer, "specials", None) or MLMLAB_SPECIALS
 
 
 @dataclass(frozen=True)
@@ -62,6 +86,7 @@ class Alignment:
     cuts: tuple[Cut, ...] = ()
     uncovered: tuple[int, ...] = ()  # hidden slots no token covers (whitespace WordPiece drops)
     _slot_unit: tuple[int, ...] = ()  # per slot: the unit covering it, or the next one
+    specials: Specials = MLMLAB_SPECIALS
 
     def __len__(self) -> int:
         return len(self.units)
@@ -94,10 +119,11 @@ class Alignment:
         cannot produce, and (subword) pieces hidden whole or whitespace not predicted."""
         end = len(self.units) if end is None else end
         unseen_visible, unseen_answers, specials = [], [], []
+        reserved = self.specials
         for i, u in enumerate(self.units[start:end], start):
-            if u.kind in (VISIBLE, KEEP) and u.token_id == UNK_ID:
+            if u.kind in (VISIBLE, KEEP) and u.token_id == reserved.unk_id:
                 unseen_visible.append(u.text)
-            elif self.subword and u.kind == VISIBLE and u.token_id < N_SPECIAL:
+            elif self.subword and u.kind == VISIBLE and reserved.special(u.token_id):
                 specials.append(f"{u.text!r} at {_where(u.span)}")
             if u.hidden and u.answer is not None and u.answer_id is None:
                 unseen_answers.append(f"{u.text!r} at {_where(u.span) if self.subword else i}")
@@ -105,7 +131,7 @@ class Alignment:
         if unseen_visible:
             chars = "".join(dict.fromkeys(unseen_visible))
             what = "text" if self.subword else "characters"
-            notes.append(f"{what} the model never saw are read as {UNK}: {chars!r}")
+            notes.append(f"{what} the model never saw are read as {reserved.unk_text}: {chars!r}")
         if unseen_answers:
             notes.append(f"answers the model cannot produce (not in its vocabulary): {', '.join(unseen_answers)}")
         if specials:
@@ -137,33 +163,35 @@ def align(masked: MaskedText, tokenizer) -> Alignment:
 
 
 def _align_chars(masked: MaskedText, tokenizer) -> Alignment:
-    stoi = tokenizer.stoi
+    stoi, reserved = tokenizer.stoi, specials_of(tokenizer)
     units = []
     for i, slot in enumerate(masked.slots):
-        token_id = MASK_ID if slot.answer is None else stoi.get(slot.answer, UNK_ID)
+        token_id = reserved.mask_id if slot.answer is None else stoi.get(slot.answer, reserved.unk_id)
         if slot.kind == MASKED:
-            shown = MASK_ID
+            shown = reserved.mask_id
         elif slot.kind == RANDOM:
-            shown = stoi.get(slot.shown or "", UNK_ID)
+            shown = stoi.get(slot.shown or "", reserved.unk_id)
         else:
             shown = token_id
         answer_id = stoi.get(slot.answer) if slot.answer is not None else None
         units.append(Unit((i, i + 1), token_id, slot.kind, shown, slot.answer, answer_id, slot.answer or ""))
-    return Alignment(masked, tuple(units), subword=False)
+    return Alignment(masked, tuple(units), subword=False, specials=reserved)
 
 
-def written(masked: MaskedText) -> tuple[str, list[int]]:
-    """The sentence as the tokenizer reads it, and the slot of each of its characters."""
+def written(masked: MaskedText, mask_text: str = MASK_TEXT) -> tuple[str, list[int]]:
+    """The sentence as the tokenizer reads it (`mask_text`, the tokenizer's own mask token, where
+    [MASK] is), and the slot of each of its characters."""
     parts, owner = [], []
     for i, slot in enumerate(masked.slots):
-        text = MASK_TEXT if slot.answer is None else slot.answer
+        text = mask_text if slot.answer is None else slot.answer
         parts.append(text)
         owner.extend([i] * len(text))
     return "".join(parts), owner
 
 
 def _align_subwords(masked: MaskedText, tokenizer) -> Alignment:
-    text, owner = written(masked)
+    reserved = specials_of(tokenizer)
+    text, owner = written(masked, reserved.mask_text)
     ids, offsets = tokenizer.encode_offsets(text)
     slots = masked.slots
     n = len(slots)
@@ -181,16 +209,16 @@ def _align_subwords(masked: MaskedText, tokenizer) -> Alignment:
         chars = "".join(MASK_TEXT if s.answer is None else s.answer for s in under)
         kinds = {s.kind for s in under}
         if any(s.answer is None for s in under):  # the literal [MASK]: one unknown subword
-            units.append(Unit(span, token_id, MASKED, MASK_ID, None, None, chars))
+            units.append(Unit(span, token_id, MASKED, reserved.mask_id, None, None, chars))
             continue
         kind = next((k for k in (MASKED, RANDOM, KEEP) if k in kinds), VISIBLE)
         if kind == MASKED:
-            shown = MASK_ID
+            shown = reserved.mask_id
         elif kind == RANDOM:
-            shown = _random_shown(tokenizer, [s for s in under if s.kind == RANDOM][0])
+            shown = _random_shown(tokenizer, [s for s in under if s.kind == RANDOM][0], reserved)
         else:
             shown = token_id
-        producible = token_id >= N_SPECIAL
+        producible = not reserved.special(token_id)
         answer = tokenizer.token(token_id) if producible else chars
         units.append(Unit(span, token_id, kind, shown, answer, token_id if producible else None, chars))
         if kind != VISIBLE:
@@ -203,11 +231,12 @@ def _align_subwords(masked: MaskedText, tokenizer) -> Alignment:
         while j < len(units) - 1 and units[j].span[1] <= i:
             j += 1
         slot_unit.append(j)
-    return Alignment(masked, tuple(units), True, tuple(cuts), uncovered, tuple(slot_unit))
+    return Alignment(masked, tuple(units), True, tuple(cuts), uncovered, tuple(slot_unit), reserved)
 
 
-def _random_shown(tokenizer, slot) -> int:
+def _random_shown(tokenizer, slot, reserved: Specials) -> int:
     if slot.shown_id is not None:
         return slot.shown_id
     found = tokenizer.ids_of([slot.shown or ""])
-    return found[0] if found else UNK_ID
+    fallback = reserved.unk_id if reserved.unk_id is not None else reserved.mask_id
+    return found[0] if found else fallback

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ class Predictor:
     model: MaskedLM
     tokenizer: CharTokenizer  # or a subword.SubwordTokenizer: the same questions, answered by `alignment`
     config: dict[str, Any]
-    step: int
+    step: int | None  # None: a model that is not a run's checkpoint (hf_model.HFPredictor)
     path: Path | None = None
     load_seconds: float = 0.0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -60,6 +61,27 @@ class Predictor:
     @property
     def max_seq_len(self) -> int:
         return self.model.args.max_seq_len
+
+    @property
+    def n_layers(self) -> int:
+        return self.model.args.n_layers
+
+    @property
+    def n_heads(self) -> int:
+        return self.model.args.n_heads
+
+    @property
+    def never_offered(self) -> tuple[int, ...]:
+        """Ids never listed as candidates nor counted in an answer's rank: masking never asks for them."""
+        return tuple(range(N_SPECIAL))
+
+    @cached_property
+    def _never_ids(self) -> torch.Tensor:
+        return torch.tensor(self.never_offered, dtype=torch.long)
+
+    def _offered(self, probs: torch.Tensor) -> torch.Tensor:
+        """`probs` with the ids never offered at -1, so no top-k, max or rank picks them."""
+        return probs.index_fill(-1, self._never_ids, -1.0)
 
     # Sentence → ids ---------------------------------------------------------------------------
 
@@ -122,11 +144,10 @@ class Predictor:
 
     def _position(self, aligned: Alignment, index: int, probs: torch.Tensor, top_k: int,
                   fill_pass: int | None = None) -> PositionPrediction:
-        real = probs[N_SPECIAL:]
-        k = max(1, min(top_k, real.numel()))
+        real = self._offered(probs)
+        k = max(1, min(top_k, real.numel() - len(self.never_offered)))
         values, order = real.topk(k)
-        top = tuple(Candidate(self.tokenizer.token(int(i) + N_SPECIAL), float(v), int(i) + N_SPECIAL)
-                    for v, i in zip(values, order))
+        top = tuple(Candidate(self.tokenizer.token(int(i)), float(v), int(i)) for v, i in zip(values, order))
         unit = aligned.units[index]
         rank = probability = None
         if unit.answer_id is not None:
@@ -164,12 +185,11 @@ class Predictor:
         passes = []
         while remaining:
             probs = self._probabilities(ids, [i - start for i in remaining])
-            real = probs[:, N_SPECIAL:]
-            best_prob, best_token = real.max(-1)
+            best_prob, best_token = self._offered(probs).max(-1)
             pick = int(best_prob.argmax())
             index = remaining.pop(pick)
             done[index] = self._position(aligned, index, probs[pick], top_k, fill_pass=len(passes) + 1)
-            ids[index - start] = int(best_token[pick]) + N_SPECIAL
+            ids[index - start] = int(best_token[pick])
             passes.append(FillPass(index, self.tokenizer.token(ids[index - start]), float(best_prob[pick]),
                                    tuple(self.tokenizer.token(i) for i in ids)))
         positions = [done[i] for i in aligned.hidden]
@@ -178,23 +198,32 @@ class Predictor:
     @torch.inference_mode()
     def attention(self, masked: MaskedText, layer: int | None = None, head: int | None = None) -> AttentionMap:
         """Attention weights of one layer and head; None averages over layers or heads."""
-        args = self.model.args
-        if layer is not None and not 0 <= layer < args.n_layers:
-            raise MlmlabError(f"layer {layer} does not exist: this model has layers 0-{args.n_layers - 1}")
-        if head is not None and not 0 <= head < args.n_heads:
-            raise MlmlabError(f"head {head} does not exist: this model has heads 0-{args.n_heads - 1}")
+        n_layers, n_heads = self.n_layers, self.n_heads
+        if layer is not None and not 0 <= layer < n_layers:
+            raise MlmlabError(f"layer {layer} does not exist: this model has layers 0-{n_layers - 1}")
+        if head is not None and not 0 <= head < n_heads:
+            raise MlmlabError(f"head {head} does not exist: this model has heads 0-{n_heads - 1}")
         aligned, ids, start, end, _ = self._prepare(masked)
-        maps = self.model.attention_maps(torch.tensor([ids], dtype=torch.long, device=self.device))[:, 0]
-        maps = maps.float().cpu()  # (layers, heads, T, T)
+        maps = self._attention_maps(ids)  # (layers, heads, T, T)
         maps = maps.mean(0) if layer is None else maps[layer]
         maps = maps.mean(0) if head is None else maps[head]
         weights = tuple(tuple(row) for row in maps.tolist())
         tokens = tuple(self.tokenizer.token(i) for i in ids)
         if not aligned.subword:
-            return AttentionMap(tokens, weights, start, layer, head, args.n_layers, args.n_heads)
+            return AttentionMap(tokens, weights, start, layer, head, n_layers, n_heads)
         units = aligned.units[start:end]
-        return AttentionMap(tokens, weights, start, layer, head, args.n_layers, args.n_heads,
+        return AttentionMap(tokens, weights, start, layer, head, n_layers, n_heads,
                             tuple(u.span for u in units), tuple(u.kind for u in units))
+
+    def _attention_maps(self, window_ids: list[int]) -> torch.Tensor:
+        """Every layer's and head's attention over the window: (layers, heads, T, T), float32 on the CPU."""
+        maps = self.model.attention_maps(torch.tensor([window_ids], dtype=torch.long, device=self.device))[:, 0]
+        return maps.float().cpu()
+
+    def mask_config(self) -> MaskConfig:
+        """How training hid positions: the config's own section (it fills the keys an older
+        checkpoint lacks, e.g. mask.strategy: token)."""
+        return MaskConfig.model_validate(self.config["mask"])
 
     def draw_training_mask(self, masked: MaskedText, seed: int, around: int = 0) -> MaskedText:
         """Hide positions exactly as training does (`mask.*` of the run's config), replacing earlier masks.
@@ -212,9 +241,8 @@ class Predictor:
         around = aligned.unit_at(around)
         start = max(0, min(around - limit // 2, n - limit)) if n > limit else 0
         window = torch.tensor([ids[start : start + limit]], dtype=torch.long)
-        # The config's own section: it fills the keys an older checkpoint lacks (mask.strategy: token).
-        k = MaskConfig.model_validate(self.config["mask"])
-        no_mask = self.tokenizer.ids_of(k.no_mask_tokens)
+        k = self.mask_config()
+        no_mask = self.tokenizer.ids_of(k.no_mask_tokens) + [i for i in self.never_offered if i >= N_SPECIAL]
         batch = mask_tokens(
             window, vocab_size=self.tokenizer.vocab_size, masking_prob=k.masking_prob,
             randomize_prob=k.randomize_prob, no_change_prob=k.no_change_prob,

@@ -46,6 +46,40 @@ class CheckpointRef:
     def label(self) -> str:
         return f"run {self.run_id} {self.run_name} @ step {self.step}"
 
+    @property
+    def short_label(self) -> str:
+        return f"run {self.run_id}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"run": {"id": self.run_id, "name": self.run_name}}
+
+
+@dataclass(frozen=True)
+class ModelDirRef:
+    """A local Hugging Face model directory (saved with `save_pretrained`), predicted with in place of a run."""
+
+    path: Path  # the directory, resolved
+    architecture: str | None = None  # config.json's first `architectures` entry, e.g. BertForMaskedLM
+    run_id = None  # the fields a CheckpointRef has that a directory lacks
+    step = None
+    eval_loss = None
+    eval_acc = None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def label(self) -> str:
+        return f"model {self.name}" + (f" ({self.architecture})" if self.architecture else "")
+
+    @property
+    def short_label(self) -> str:
+        return f"model {self.name}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": {"path": str(self.path), "name": self.name, "architecture": self.architecture}}
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -225,7 +259,7 @@ def span_text(masked: MaskedText, span: tuple[int, int]) -> str:
 @dataclass(frozen=True)
 class AttentionMap:
     tokens: tuple[str, ...]  # the window's tokens as the model saw them
-    weights: tuple[tuple[float, ...], ...]  # [query][key], each row sums to 1
+    weights: tuple[tuple[float, ...], ...]  # [query][key], each row sums to 1 (an HF model's [CLS]/[SEP] take the rest)
     offset: int  # sentence index of the window's first token
     layer: int | None  # None: averaged over layers
     head: int | None  # None: averaged over heads

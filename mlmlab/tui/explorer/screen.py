@@ -1,4 +1,5 @@
-"""The mask explorer screen: pick a run and checkpoint, type a sentence, hide parts of it, read the answers.
+"""The mask explorer screen: pick a run and checkpoint (or open a local Hugging Face model folder),
+type a sentence, hide parts of it, read the answers.
 
 The app pushes `MaskExplorerScreen(db_path, run_id)`. The slow parts run in thread workers that
 post their results as messages: the pickers read runs and checkpoints (`pickers`), and the screen's
@@ -258,7 +259,7 @@ class MaskExplorerScreen(Screen):
         rows = self.query_one("#comparison", Static)
         rows.display = bool(outcome.rows)  # a char run beside a subword run: their positions differ
         if outcome.rows:
-            rows.update(comparison_text(list(outcome.rows), f"run {outcome.primary.ref.run_id}", f"run {outcome.secondary.ref.run_id}"))
+            rows.update(comparison_text(list(outcome.rows), outcome.primary.ref.short_label, outcome.secondary.ref.short_label))
         self.query_one("#secondary-pane").display = comparing and not self.attention_on
         self._draw_attention()
 

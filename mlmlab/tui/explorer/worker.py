@@ -3,19 +3,23 @@
 Everything here runs off the UI thread; the store reads open their own read-only `Store` with the
 app reader's short busy timeout, so a locked database is reported in a second or two instead of
 freezing anything. This module is the explorer's one door to torch: `mlmlab.predict.loading` is
-imported only inside `new_predictor_cache` and `answer`, never at import.
+imported only inside `new_predictor_cache` and `answer`, never at import. A local Hugging Face model
+directory is checked here without torch or transformers (`hf_dir`); loading it is `loading`'s job.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlmlab.errors import MlmlabError
 from mlmlab.notation import MaskedText
-from mlmlab.predict.results import (AttentionMap, CheckpointRef, ComparisonRow, Prediction, compare_rows,
+from mlmlab.predict.hf_dir import check_model_dir, require_transformers
+from mlmlab.predict.results import (AttentionMap, CheckpointRef, ComparisonRow, ModelDirRef, Prediction, compare_rows,
                                    disagreement_sides, same_positions)
 from mlmlab.tui.reader import describe_error, read_only_store
 from mlmlab.vocab import FILL_ALL
@@ -51,6 +55,27 @@ def read_choices(db_path: Path, wanted: int | None) -> Choices:
         return Choices(error=describe_error(exc))
 
 
+@dataclass(frozen=True)
+class ModelDirChoice:
+    """A model directory typed into the picker: its ref when it is one, else the one line why not."""
+
+    typed: str
+    ref: ModelDirRef | None = None
+    error: str | None = None
+
+
+def check_model_dir_choice(typed: str) -> ModelDirChoice:
+    """Whether `typed` names a local model directory mlmlab can open (the checks needing no torch)."""
+    if not typed.strip():
+        return ModelDirChoice(typed, error="type the path of a local model directory (saved with save_pretrained)")
+    try:
+        ref = check_model_dir(typed.strip())
+        require_transformers()
+    except MlmlabError as exc:
+        return ModelDirChoice(typed, error=str(exc))
+    return ModelDirChoice(typed, ref)
+
+
 # --- predictions ----------------------------------------------------------------------------------
 
 
@@ -61,11 +86,18 @@ class Target:
 
 
 @dataclass(frozen=True)
+class ModelDirTarget:
+    """A local Hugging Face model directory, predicted with in place of a run's checkpoint."""
+
+    ref: ModelDirRef
+
+
+@dataclass(frozen=True)
 class Request:
     serial: int
     db_path: Path
-    primary: Target
-    secondary: Target | None
+    primary: Target | ModelDirTarget
+    secondary: Target | ModelDirTarget | None
     masked: MaskedText
     top_k: int = 5
     mode: str = FILL_ALL
@@ -75,7 +107,7 @@ class Request:
 
 @dataclass(frozen=True)
 class Side:
-    ref: CheckpointRef
+    ref: CheckpointRef | ModelDirRef
     prediction: Prediction
     load_seconds: float | None  # None: it was cached
     predict_ms: float
@@ -106,8 +138,9 @@ def answer(request: Request, cache: PredictorCache, loading: Callable[[str], Non
     from mlmlab.predict.loading import resolve_checkpoint
 
     targets = [request.primary] + ([request.secondary] if request.secondary else [])
-    with read_only_store(request.db_path) as store:
-        refs = [resolve_checkpoint(store, t.run_id, t.step) for t in targets]
+    runs = any(isinstance(t, Target) for t in targets)  # only they need the store
+    with read_only_store(request.db_path) if runs else nullcontext() as store:
+        refs = [t.ref if isinstance(t, ModelDirTarget) else resolve_checkpoint(store, t.run_id, t.step) for t in targets]
     predictors, loaded = [], []
     for ref in refs:
         fresh = ref.path not in cache
