@@ -224,11 +224,11 @@ def format_runs_table(rows: list[dict]) -> str:
         return "-" if value is None else format(value, spec)
 
     header = ("id", "name", "status", "step", "progress", "train loss", "eval loss", "eval acc", "tok/s", "device",
-              "started")
+              "procs", "started")
     return format_table(header, [(
         str(r["id"]), r["name"][:24], r["status"], f"{r['steps']}/{r['total_steps']}", progress_words(r),
         fmt(r["train_loss"], ".3f"), fmt(r["eval_loss"], ".3f"), fmt(r["eval_acc"], ".1%"),
-        fmt(r["tokens_per_s"], ",.0f"), r["device"] or "-", r["started"] or "-",
+        fmt(r["tokens_per_s"], ",.0f"), r["device"] or "-", str(r.get("world_size") or 1), r["started"] or "-",
     ) for r in rows])
 
 

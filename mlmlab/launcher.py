@@ -22,7 +22,8 @@ from mlmlab.paths import write_text_atomic
 from mlmlab.store import Store
 from mlmlab.tokenizer import tokenizer_from_dict
 from mlmlab.vocab import ACTIVE
-from mlmlab.engine.data import prepare_data
+from mlmlab.engine.data import PreparedData, prepare_data
+from mlmlab.engine.distributed import collective_timeout
 from mlmlab.engine.reporting import Reporter, SilentReporter
 from mlmlab.engine.trainer import Trainer
 
@@ -42,12 +43,18 @@ class Distributed:
         return torch.device("cuda", self.local_rank) if device.type == "cuda" and self.world_size > 1 else device
 
     def init(self, device: torch.device) -> None:
+        """Join the process group: NCCL on CUDA, gloo on the CPU, with the collective timeout
+        (distributed.collective_timeout) so a rank that hangs fails the others instead of hanging them."""
         if self.world_size > 1:
             import torch.distributed as dist
 
             if device.type == "cuda":
                 torch.cuda.set_device(device)
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=collective_timeout())
+
+    def reporter(self, reporter: Reporter | None) -> Reporter | None:
+        """Rank 0 reports progress; the others say nothing (their errors still reach stderr)."""
+        return reporter if self.rank == 0 else SilentReporter()
 
     def close(self) -> None:
         if self.world_size > 1:
@@ -67,9 +74,10 @@ def new_run(db_path: Path, config: str | None, sets: list[str], *, name: str | N
     if device:
         cfg = cfg.with_overrides({"train.device": device})
     dist = Distributed.from_env()
+    reporter = dist.reporter(reporter)
     dev = dist.device(resolve_device(cfg.train.device))
     precision = resolve_precision(cfg.train.precision, dev)
-    data = prepare_data(cfg)
+    data = prepare_data(cfg)  # every rank, at once (the token cache is written atomically, so they may race)
     run_name = name or (Path(config).stem if config else "quick")
     store = Store(db_path) if dist.rank == 0 else None
     run_id, run_dir = None, Path(".")
@@ -87,12 +95,17 @@ def new_run(db_path: Path, config: str | None, sets: list[str], *, name: str | N
 
 def resume_run(db_path: Path, ref: str, sets: list[str], *, device: str | None,
                reporter: Reporter | None = None, id_file: Path | None = None) -> tuple[int, str]:
-    """Continue a run from its latest checkpoint; only its length may change."""
+    """Continue a run from its latest checkpoint; only its length may change.
+
+    Under torchrun every rank reads the run and its checkpoint (so the database's folder must be
+    on a file system every node mounts); only rank 0 claims the run and checks it is not active
+    (the others may read it after rank 0 has claimed it)."""
     dist = Distributed.from_env()
+    reporter = dist.reporter(reporter)
     with Store(db_path, readonly=True) as store:  # only looks: a wrong --resume changes nothing
         run = store.find_run(ref)
         run["run_dir"] = str(_run_dir(store, run))
-    if run["status"] in ACTIVE:
+    if run["status"] in ACTIVE and dist.rank == 0:
         raise StoreError(f"run {run['id']} is still {run['status']} (pid {run['pid']} on {run['host']}); stop it first",
                          run_id=run["id"])
     cfg = _resumed_config(run, sets, device)
@@ -173,6 +186,7 @@ def latest_checkpoint(run: dict, reporter: Reporter | None = None) -> dict:
 def _train(cfg, store, run_id, run_dir, data, dev, precision, dist, reporter, payload) -> str:
     dist.init(dev)
     try:
+        data = _rank0_vocabulary(cfg, data, dist)
         trainer = Trainer(cfg, store, run_id, run_dir, data, dev, precision, reporter or SilentReporter(),
                           resume_from=payload, rank=dist.rank, world_size=dist.world_size)
         return trainer.run()
@@ -188,6 +202,21 @@ def _train(cfg, store, run_id, run_dir, data, dev, precision, dist, reporter, pa
         dist.close()
         if store:
             store.close()
+
+
+def _rank0_vocabulary(cfg: ExperimentConfig, data: PreparedData, dist: Distributed) -> PreparedData:
+    """Every rank trains on rank 0's vocabulary. Each rank built its own from the same corpus (a
+    char vocabulary always agrees); a rank whose differs (a subword trainer that is not
+    deterministic) encodes the corpus again with rank 0's, so the embedding rows mean the same."""
+    if dist.world_size == 1:
+        return data
+    import torch.distributed as tdist
+
+    vocab = [data.tokenizer.to_dict() if dist.rank == 0 else None]
+    tdist.broadcast_object_list(vocab, src=0)
+    if vocab[0] == data.tokenizer.to_dict():
+        return data
+    return prepare_data(cfg, tokenizer_from_dict(vocab[0]))
 
 
 def write_id_file(path: Path | None, run_id: int) -> None:

@@ -59,7 +59,8 @@ class MaskConfig(_Section):
 
 
 class TrainConfig(_Section):
-    batch_size: int = Field(64, ge=1, le=65536, description="sequences per step")
+    batch_size: int = Field(64, ge=1, le=65536, description="sequences per micro-batch (per process under torchrun)")
+    grad_accum_steps: int = Field(1, ge=1, le=4096, description="micro-batches per optimizer step, gradients accumulated (global batch = batch_size x this x processes)")
     seq_len: int = Field(64, ge=4, le=65536, description="tokens per sequence; at most model.max_seq_len")
     steps: int = Field(3000, ge=1, le=MAX_STEPS, description="stop after this many optimizer steps")
     max_minutes: float = Field(2.0, ge=0, le=1e7, description="also stop after this much wall time (0 = no limit)")
@@ -114,7 +115,7 @@ class ExperimentConfig(_Section):
 SHAPE_KEYS = ("model.d_model", "model.n_layers", "model.n_heads", "model.d_ff", "model.max_seq_len", "data.tokenizer",
               "data.vocab_size")
 # Keys --resume may change.
-RESUMABLE_KEYS = ("train.steps", "train.max_minutes")
+RESUMABLE_KEYS = ("train.steps", "train.max_minutes", "train.grad_accum_steps")  # accum: keep the global batch on another world size
 
 
 def all_keys() -> list[str]:

@@ -13,9 +13,10 @@ from mlmlab.masking import SPLIT_NAMES
 class MetricWindow:
     """Sums of step outputs between log lines, kept on the device (no sync per step)."""
 
-    def __init__(self, device: torch.device, skip_nonfinite: bool):
+    def __init__(self, device: torch.device, skip_nonfinite: bool, world_size: int = 1):
         self.device = device
         self.skip_nonfinite = skip_nonfinite
+        self.world_size = world_size  # > 1: loss and accuracy are all-reduced over the ranks at each drain
         self.reset()
 
     def reset(self) -> None:
@@ -51,9 +52,10 @@ class MetricWindow:
         bad = torch.stack(self.bad_steps).tolist()
         n_bad = sum(bad)
         good = max(self.steps - n_bad, 1) if self.skip_nonfinite else self.steps
+        loss, correct, chosen = self._over_ranks()
         stats = {
-            "train_loss": float(self.loss) / good,
-            "train_acc": float(self.correct) / max(self.chosen, 1),
+            "train_loss": loss / good,
+            "train_acc": correct / max(chosen, 1),
             "grad_norm": float(self.grad) / self.steps,
             "tokens_per_s": self.tokens / seconds,
             "step_ms": 1000 * seconds / self.steps,
@@ -66,3 +68,21 @@ class MetricWindow:
             stats["bad_step"] = step - self.steps + 1 + bad.index(True)
         self.reset()
         return stats
+
+    def _over_ranks(self) -> tuple[float, float, float]:
+        """The window's loss (mean over ranks), correct and chosen counts (summed over ranks), and the
+        masking split made a mean over ranks in place: one all-reduce of one small tensor, here only.
+        `tokens` needs none: every rank trains on as many tokens per step (the caller multiplies)."""
+        if self.world_size == 1:
+            return float(self.loss), float(self.correct), float(self.chosen)
+        from mlmlab.engine.distributed import all_reduce_sum
+
+        parts = [self.loss.double().reshape(1), self.correct.double().reshape(1),
+                 torch.tensor([float(self.chosen)], dtype=torch.float64, device=self.device)]
+        if self.split is not None:
+            parts.append(self.split.double().reshape(-1))
+        summed = all_reduce_sum(torch.cat(parts))
+        if self.split is not None:
+            self.split = (summed[3:] / self.world_size).to(self.split.dtype).reshape(self.split.shape)
+        values = summed[:3].tolist()
+        return values[0] / self.world_size, values[1], values[2]

@@ -13,7 +13,9 @@ import time
 from pathlib import Path
 
 from mlmlab.engine.state import Progress
+from mlmlab.errors import MlmlabError
 from mlmlab.store import Heartbeat, Store
+from mlmlab.vocab import ACTIVE, FAILED
 
 FLUSH_SECONDS = 3.0
 
@@ -26,9 +28,12 @@ class Recorder:
         self._heartbeat: Heartbeat | None = None
         self.rows_logged = self.samples_logged = self.checkpoints_written = 0
 
-    def start(self, device: str, precision: str, n_params: int) -> None:
-        """Mark the run running, and keep its heartbeat going from a thread of its own."""
-        self.store.start_run(self.run_id, device=device, precision=precision, n_params=n_params)
+    def start(self, device: str, precision: str, n_params: int, *, world_size: int = 1,
+              global_batch: int | None = None, ranks: list[dict] | None = None) -> None:
+        """Mark the run running, with how many processes train it, the sequences per optimizer step
+        over all of them and each rank's host and device; keep its heartbeat going from a thread."""
+        self.store.start_run(self.run_id, device=device, precision=precision, n_params=n_params,
+                             world_size=world_size, global_batch=global_batch, ranks=ranks)
         self._heartbeat = Heartbeat(self.store.path, self.run_id).start()
 
     def add_rows(self, progress: Progress, stats: dict[str, float]) -> None:
@@ -79,6 +84,17 @@ class Recorder:
     def stop_heartbeat(self) -> None:
         if self._heartbeat:
             self._heartbeat.stop()
+
+    def peer_failed(self, error: str) -> None:
+        """Record the run `failed` with another rank's error, from the peer watch's thread (so on a
+        connection of its own), unless the run has ended already. Best effort: the training thread
+        records it too when its collective fails, if it lives that long."""
+        try:
+            with Store(self.store.path, busy_timeout_ms=5_000) as store:
+                if store.run_lean(self.run_id)["stored_status"] in ACTIVE:
+                    store.finish_run(self.run_id, FAILED, error)
+        except MlmlabError:
+            pass
 
     def finish(self, status: str, error: str | None) -> None:
         """Record the final status (`Store.finish_run`); its errors are the caller's to handle."""

@@ -6,6 +6,7 @@ losses, accuracy and gradient norms stay tensors until the metric window reads t
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from mlmlab import cpu_attention, devices
 from mlmlab.config import ExperimentConfig
 from mlmlab.data import WindowSampler
 from mlmlab.engine import schedule
+from mlmlab.engine.distributed import micro_seed
 from mlmlab.masking import mask_tokens, n_chosen_for, split_vector
 from mlmlab.masking_strategies import WordMasking
 from mlmlab.model import MaskedLM, ModelArgs
@@ -67,8 +69,13 @@ class StepRunner:
     def __init__(self, model: MaskedLM, optimizer, cfg: ExperimentConfig, device: torch.device,
                  precision: str, sampler: WindowSampler, mask_gen: torch.Generator,
                  no_mask_ids: torch.Tensor | None, compiled: Callable | None = None,
-                 on_message: Callable[[str], None] = lambda text: None, strategy: WordMasking | None = None):
+                 on_message: Callable[[str], None] = lambda text: None, strategy: WordMasking | None = None,
+                 rank: int = 0, world_size: int = 1, ddp: torch.nn.Module | None = None):
         self.model, self.optimizer, self.cfg, self.device = model, optimizer, cfg, device
+        # Micro-batch `rank * accum + j` of each step is this rank's j-th (distributed.micro_seed).
+        self.rank, self.world_size = rank, world_size
+        self.accum = cfg.train.grad_accum_steps if cfg is not None else 1  # no config: a runner built only to time or check kernels
+        self.ddp = ddp  # the DistributedDataParallel wrapper, for no_sync
         self.strategy = strategy  # mask.strategy: None = token
         self.precision, self.sampler, self.mask_gen = precision, sampler, mask_gen
         self.no_mask_ids = no_mask_ids
@@ -103,35 +110,67 @@ class StepRunner:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     def step(self, step: int, elapsed: float = 0.0) -> StepOutput:
-        """Optimizer step number `step` (0-based), `elapsed` seconds of training into the run."""
+        """Optimizer step number `step` (0-based), `elapsed` seconds of training into the run.
+
+        `train.grad_accum_steps` micro-batches, each a forward and a backward of its loss / accum;
+        under DDP the gradients are all-reduced on the last one only (`no_sync` before it), then
+        one clip and one optimizer step. The learning rate counts optimizer steps.
+        """
         cfg = self.cfg
-        ids = self.sampler.batch(*schedule.stage_at(step, cfg))  # the curriculum's batch size and seq_len
+        stage = schedule.stage_at(step, cfg)  # the curriculum's batch size and seq_len, per micro-batch
+        for group in self.optimizer.param_groups:
+            group["lr"] = schedule.lr_at(step, cfg, elapsed)
+        sums = _MicroSums()
+        for micro in range(self.accum):
+            self._seed_generators(step, self.rank * self.accum + micro)
+            with self._sync(micro == self.accum - 1):
+                self._micro_step(stage, sums)
+        loss = sums.loss / self.accum if self.accum > 1 else sums.loss
+        if cfg.train.grad_clip:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
+        else:
+            grad_norm = _grad_norm(self.model)
+        # Under DDP every rank must take the same decision: the all-reduced gradient's norm is the
+        # same everywhere (a non-finite loss on any rank makes it non-finite), a rank's loss is not.
+        finite = torch.isfinite(grad_norm) if self.world_size > 1 else torch.isfinite(loss)
+        if cfg.train.skip_nonfinite and not finite:
+            self.optimizer.zero_grad(set_to_none=True)
+            return StepOutput(loss, torch.zeros((), device=self.device), sums.n_chosen, grad_norm, None, sums.tokens)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if not self.metrics:
+            return StepOutput(loss, loss.new_zeros(()), sums.n_chosen, grad_norm, None, sums.tokens)
+        split = sums.split / self.accum if self.accum > 1 else sums.split
+        return StepOutput(loss, sums.correct, sums.n_chosen, grad_norm, split, sums.tokens)
+
+    def _micro_step(self, stage: schedule.Stage, sums: "_MicroSums") -> None:
+        """One micro-batch: sample, mask, forward, backward (gradients add up in `.grad`)."""
+        cfg = self.cfg
+        ids = self.sampler.batch(*stage)
         n_chosen = self._n_chosen(ids)
         batch = mask_tokens(
             ids, vocab_size=self.vocab_size, masking_prob=cfg.mask.masking_prob,
             randomize_prob=cfg.mask.randomize_prob, no_change_prob=cfg.mask.no_change_prob,
             generator=self.mask_gen, no_mask_ids=self.no_mask_ids, n_chosen=n_chosen, strategy=self.strategy,
         )
-        for group in self.optimizer.param_groups:
-            group["lr"] = schedule.lr_at(step, cfg, elapsed)
         with self.autocast():
             logits, loss = self._forward(batch)
-        loss.backward()
-        if cfg.train.grad_clip:
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
-        else:
-            grad_norm = _grad_norm(self.model)
-        if cfg.train.skip_nonfinite and not torch.isfinite(loss):
-            self.optimizer.zero_grad(set_to_none=True)
-            return StepOutput(loss.detach(), torch.zeros((), device=ids.device), n_chosen, grad_norm, None, ids.numel())
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if not self.metrics:
-            return StepOutput(loss.detach(), loss.new_zeros(()), n_chosen, grad_norm, None, ids.numel())
-        targets = ids.reshape(-1)[batch.positions]
-        # max().indices: the same as argmax, three times faster on small bf16 CPU tensors (measured).
-        correct = (logits.detach().max(-1).indices == targets).sum()
-        return StepOutput(loss.detach(), correct, n_chosen, grad_norm, split_vector(batch, ids), ids.numel())
+        (loss / self.accum if self.accum > 1 else loss).backward()
+        sums.add_loss(loss.detach(), n_chosen, ids.numel())
+        if self.metrics:
+            targets = ids.reshape(-1)[batch.positions]
+            # max().indices: the same as argmax, three times faster on small bf16 CPU tensors (measured).
+            sums.add_accuracy((logits.detach().max(-1).indices == targets).sum(), split_vector(batch, ids))
+
+    def _seed_generators(self, step: int, index: int) -> None:
+        """Windows and masks of micro-batch `index` of `step`: the same on any rank, in any run."""
+        seed = self.cfg.train.seed
+        self.sampler.generator.manual_seed(micro_seed(seed, step, index, 0))
+        self.mask_gen.manual_seed(micro_seed(seed, step, index, 1))
+
+    def _sync(self, last: bool):
+        """DDP's `no_sync` on all but the last micro-batch: one gradient all-reduce per optimizer step."""
+        return self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
 
     def _forward(self, batch):
         if self.compiled and self.device.type == "cuda":
@@ -152,6 +191,26 @@ class StepRunner:
         if self.no_mask_ids is None:
             return n_chosen_for(ids.numel(), self.cfg.mask.masking_prob)
         return None
+
+
+class _MicroSums:
+    """What a step's micro-batches add up to (tensors stay on the device: no host sync)."""
+
+    def __init__(self):
+        self.loss = self.correct = self.split = None
+        self.n_chosen: int | None = 0
+        self.tokens = 0
+
+    def add_loss(self, loss: torch.Tensor, n_chosen: int | None, tokens: int) -> None:
+        # A copy: under CUDA graphs the loss is a view of the graph's output, which the next
+        # micro-batch's replay overwrites.
+        self.loss = loss.clone() if self.loss is None else self.loss + loss
+        self.n_chosen = None if n_chosen is None or self.n_chosen is None else self.n_chosen + n_chosen
+        self.tokens += tokens
+
+    def add_accuracy(self, correct: torch.Tensor, split: torch.Tensor) -> None:
+        self.correct = correct if self.correct is None else self.correct + correct
+        self.split = split if self.split is None else self.split + split
 
 
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch
 from mlmlab import checkpoints as ckpt
 from mlmlab.config import ExperimentConfig
 from mlmlab.devices import memory_mb
-from mlmlab.engine import schedule
+from mlmlab.engine import distributed, schedule
 from mlmlab.engine.data import PreparedData, mask_strategy, no_mask_ids
 from mlmlab.engine.evaluation import EvalSet, build_eval_set, evaluate, sample_rows, token_chars
 from mlmlab.engine.metrics import MetricWindow
@@ -31,6 +31,12 @@ from mlmlab.errors import CheckpointError, MlmlabError, StoreError
 from mlmlab.model import MaskedLM
 from mlmlab.paths import write_text_atomic
 from mlmlab.store import Store
+from mlmlab.store.liveness import this_host
+
+
+# Under DDP the stop flag is agreed on at log steps and at least this often (one tiny all-reduce and a
+# host sync): torchrun gives its workers 30 s between SIGTERM and SIGKILL to checkpoint and exit.
+STOP_CHECK_EVERY = 10
 
 
 class NonFiniteLoss(MlmlabError):
@@ -58,7 +64,10 @@ class Trainer:
         self._last_good_ckpt: int | None = None
         self._last_log_step = 0
         self._saved_handlers: dict[int, Any] = {}
+        self._signals_seen: set[int] = set()
+        self._agreed_elapsed = 0.0  # under DDP: the clock all ranks agreed on at the last stop check
         self.recorder = Recorder(self.store, self.run_id) if self.store else None
+        self._peer_watch: distributed.PeerWatch | None = None  # rank 0 of a DDP run
         self.state: TrainState | None = None
 
     # The loop ------------------------------------------------------------------------------------
@@ -68,14 +77,19 @@ class Trainer:
         cfg, tok = self.cfg, self.data.tokenizer
         no_mask = no_mask_ids(tok, cfg, self.device)
         state = build_state(cfg, self.device, self.precision, self.data.train_ids, tok.vocab_size, no_mask,
-                            rank=self.rank, checkpoint=self.resume_from, wrap=self._wrap_distributed,
-                            on_message=self.reporter.message, strategy=mask_strategy(tok, cfg, self.device))
+                            rank=self.rank, world_size=self.world_size, checkpoint=self.resume_from,
+                            wrap=self._wrap_distributed, on_message=self.reporter.message,
+                            strategy=mask_strategy(tok, cfg, self.device))
+        self._agreed_elapsed = state.progress.elapsed
         if self.resume_from:
             self._last_good_ckpt = self._last_log_step = state.progress.step
         evalset = build_eval_set(self.data.valid_ids, cfg, tok.vocab_size, no_mask, self.device,
                                  token_chars(tok, self.device)) if self.rank == 0 else None
+        ranks = distributed.gather_ranks(self.device) if self.world_size > 1 else None
         if self.recorder:
-            self.recorder.start(str(self.device), self.precision, state.model.n_params())
+            self.recorder.start(str(self.device), self.precision, state.model.n_params(),
+                                world_size=self.world_size, global_batch=self.global_batch(), ranks=ranks)
+            self._peer_watch = distributed.PeerWatch(self.world_size, self.recorder.peer_failed).start()
             self._write_tokenizer_file()
         self._install_signal_handlers()
         self.reporter.start(cfg.train.steps, state.progress.step)
@@ -91,11 +105,8 @@ class Trainer:
             error = StoreError(f"{exc}; {self._rescue_checkpoint(state)}")
             self._finish("failed", str(error))
             raise error from None
-        except MlmlabError as exc:
-            self._finish("failed", str(exc))
-            raise
         except BaseException as exc:
-            self._finish("failed", f"{type(exc).__name__}: {exc}")
+            self._finish(*self._failure(exc, state))
             raise
         finally:
             self._restore_signal_handlers()
@@ -107,16 +118,19 @@ class Trainer:
         progress = state.progress
         started = time.monotonic() - progress.elapsed
         deadline = started + t.max_minutes * 60 if t.max_minutes else math.inf
-        window = MetricWindow(self.device, t.skip_nonfinite)
+        window = MetricWindow(self.device, t.skip_nonfinite, self.world_size)
         status = "completed"
         last_eval: dict[str, float] = {}
         while progress.step < t.steps:
-            out = state.runner.step(progress.step, progress.elapsed)
+            # Under DDP the learning rate must be the same on every rank: a time-limited schedule
+            # reads the clock the ranks last agreed on, not each rank's own.
+            lr_elapsed = progress.elapsed if self.world_size == 1 else self._agreed_elapsed
+            out = state.runner.step(progress.step, lr_elapsed)
             step_tokens = out.tokens * self.world_size
             progress.step += 1
             progress.tokens += step_tokens
             window.add(out, step_tokens)
-            last_elapsed = progress.elapsed  # what this step's learning rate was computed from
+            last_elapsed = lr_elapsed  # what this step's learning rate was computed from
             progress.elapsed = time.monotonic() - started
             at_log = progress.step % t.log_every == 0 or progress.step == t.steps
             if at_log:
@@ -134,8 +148,8 @@ class Trainer:
             if progress.step % t.checkpoint_every == 0 and progress.step < t.steps:
                 self._checkpoint(state, last_eval)
             window.exclude(time.perf_counter() - side_work)
-            if at_log or self.world_size == 1:
-                reason = self._should_stop(deadline)
+            if at_log or self.world_size == 1 or progress.step % STOP_CHECK_EVERY == 0:
+                reason = self._should_stop(deadline, progress)
                 if reason:
                     status = "completed" if reason == "time" else "stopped"
                     break
@@ -144,21 +158,46 @@ class Trainer:
         self._checkpoint(state, last_eval)
         return status
 
-    def _should_stop(self, deadline: float) -> str | None:
+    def _should_stop(self, deadline: float, progress: Progress) -> str | None:
+        """Why to stop now, if at all. Under DDP one collective agrees on it (any rank's request
+        stops all: SIGTERM from torchrun or `mlmlab stop` may reach one rank first) and on the clock."""
         reason = self._stop_reason
         if reason is None and time.monotonic() >= deadline:
             reason = "time"
         if self.world_size > 1:
-            import torch.distributed as dist
-
-            flag = torch.tensor([0 if reason is None else (1 if reason == "time" else 2)], device=self.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            reason = {0: None, 1: "time", 2: "requested"}[int(flag)]
+            code = 0 if reason is None else (1 if reason == "time" else 2)
+            agreed = distributed.agree(torch.tensor([code, progress.elapsed], dtype=torch.float64, device=self.device))
+            code, self._agreed_elapsed = agreed.tolist()
+            reason = {0: None, 1: "time", 2: "requested"}[int(code)]
         return reason
+
+    def _failure(self, exc: BaseException, state: TrainState) -> tuple[str, str]:
+        """How an exception ends the run: (status, error text).
+
+        Alone, or for a rank's own error: `failed` with its text; a rank other than 0 also leaves
+        the text for rank 0. Rank 0 whose collective failed because a peer went away records that
+        peer's text (`failed`), or, when none left a word (it was killed), `crashed`, with a
+        checkpoint of the last complete step so the run resumes from there.
+        """
+        own = str(exc) if isinstance(exc, MlmlabError) else f"{type(exc).__name__}: {exc}"
+        if self.world_size == 1:
+            return "failed", own
+        if self.rank != 0:
+            distributed.publish_failure(self.rank, f"rank {self.rank} ({this_host()}): {own}")
+            return "failed", own
+        if not distributed.is_peer_loss(exc):
+            return "failed", own
+        peer = distributed.peer_failure(self.world_size, wait_s=distributed.PEER_WAIT_S)
+        if peer:
+            return "failed", peer
+        first_line = (own.splitlines() or [own])[0][:300]
+        return "crashed", f"another rank stopped answering ({first_line}); {self._rescue_checkpoint(state)}"
 
     def _finish(self, status: str, error: str | None = None) -> None:
         """Record the final status; pending metrics are written first. Best effort: if the database
         cannot take it, the run's row keeps `running` with a dead pid, which reads as crashed."""
+        if self._peer_watch:
+            self._peer_watch.stop()
         if self.recorder:
             self.recorder.stop_heartbeat()
             try:
@@ -288,6 +327,11 @@ class Trainer:
 
     # Processes and signals --------------------------------------------------------------------------
 
+    def global_batch(self) -> int:
+        """Sequences per optimizer step over all ranks: batch_size x grad_accum_steps x world size."""
+        t = self.cfg.train
+        return t.batch_size * t.grad_accum_steps * self.world_size
+
     def _wrap_distributed(self, model: MaskedLM):
         if self.world_size == 1:
             return model
@@ -300,9 +344,14 @@ class Trainer:
         """Ctrl-C or SIGTERM: finish the step, checkpoint, status `stopped`. A second one aborts."""
 
         def request_stop(signum, frame):
-            if self._stop_reason:
+            # The same signal again aborts. Another one does not: Ctrl-C under torchrun reaches a
+            # rank twice, as SIGINT from the terminal and as SIGTERM from torchrun passing it on.
+            if signum in self._signals_seen:
                 signal.signal(signum, signal.SIG_DFL)
                 raise KeyboardInterrupt
+            self._signals_seen.add(signum)
+            if self._stop_reason:
+                return
             self._stop_reason = "signal"
             self.reporter.message("stopping after this step (again to abort)")
 

@@ -29,6 +29,8 @@ LEAN_COLUMNS = (
     "device", "precision", "n_params", "step", "total_steps", "tokens", "elapsed", "error", "stop_requested",
     "tags", "note", "command",
 )
+# Added by schema version 3 (a read-only open of an older database has none of them).
+DISTRIBUTED_COLUMNS = ("world_size", "global_batch", "ranks")
 # A run's time budget, read from its config without decoding it in Python (NULL when the JSON is broken).
 MAX_MINUTES_SQL = "CASE WHEN json_valid(r.config) THEN json_extract(r.config, '$.train.max_minutes') END AS max_minutes"
 
@@ -65,6 +67,9 @@ class RunRow(TypedDict, total=False):
     tags: list[str]
     note: str
     command: str | None
+    world_size: int  # processes that train it (1 unless torchrun); schema 3
+    global_batch: int | None  # sequences per optimizer step over all processes; schema 3
+    ranks: list[dict[str, Any]] | None  # each rank's rank, local_rank, host, device and pid; schema 3
 
 
 def run_folder(db_path: str | Path, run_id: int) -> Path:
@@ -119,12 +124,15 @@ class Store(RecordQueries):
         with self.transaction():
             self.db["runs"].update(run_id, fields)
 
-    def start_run(self, run_id: int, *, device: str, precision: str, n_params: int) -> None:
+    def start_run(self, run_id: int, *, device: str, precision: str, n_params: int, world_size: int = 1,
+                  global_batch: int | None = None, ranks: list[dict[str, Any]] | None = None) -> None:
+        """Mark a run running under this process (rank 0 of a torchrun run), with its world size."""
         now = time.time()
         self.update_run(
             run_id, status=RUNNING, started_at=now, heartbeat_at=now, ended_at=None, error=None,
             pid=os.getpid(), host=this_host(), device=device, precision=precision, n_params=n_params,
-            stop_requested=0,
+            stop_requested=0, world_size=world_size, global_batch=global_batch,
+            ranks=json.dumps(ranks) if ranks is not None else None,
         )
 
     def finish_run(self, run_id: int, status: str, error: str | None = None) -> None:
@@ -143,9 +151,17 @@ class Store(RecordQueries):
 
         Tags are decoded and `status` is effective, as in `run`; `run_config` reads the config.
         """
-        row = _with_effective_status(self._one_run(f"select {', '.join(LEAN_COLUMNS)} from runs where id = ?", run_id))
+        row = _with_effective_status(self._one_run(f"select {', '.join(self._lean_columns())} from runs where id = ?", run_id))
         row["tags"] = json.loads(row.get("tags") or "[]")
+        _decode_ranks(row)
         return row
+
+    def _lean_columns(self) -> tuple[str, ...]:
+        """LEAN_COLUMNS and, on a schema-3 database, DISTRIBUTED_COLUMNS (read once per connection)."""
+        if not hasattr(self, "_lean"):
+            present = {row["name"] for row in self._query("select name from pragma_table_info('runs')")}
+            self._lean = LEAN_COLUMNS + tuple(c for c in DISTRIBUTED_COLUMNS if c in present)
+        return self._lean
 
     def run_config(self, run_id: int) -> dict[str, Any]:
         return json.loads(self._one_run("select config from runs where id = ?", run_id)["config"])
@@ -164,8 +180,9 @@ class Store(RecordQueries):
             where = f" where s.id in ({','.join('?' * len(params))})"
         # One statement, so one snapshot: a run inserted by another process between two reads
         # cannot appear in one and not the other.
+        world_size = "r.world_size" if "world_size" in self._lean_columns() else "1"  # schema 3
         rows = self._query(
-            f"select s.*, {MAX_MINUTES_SQL}, r.status as _status, r.pid as _pid, r.host as _host,"
+            f"select s.*, {MAX_MINUTES_SQL}, {world_size} as world_size, r.status as _status, r.pid as _pid, r.host as _host,"
             " r.heartbeat_at as _heartbeat_at, r.created_at as _created_at"
             f" from run_summary s join runs r on r.id = s.id{where} order by s.id",
             params,
@@ -278,4 +295,11 @@ def _decode_run(row: dict[str, Any]) -> RunRow:
     row["config"] = json.loads(row["config"])
     row["vocab"] = json.loads(row["vocab"]) if row.get("vocab") else None
     row["tags"] = json.loads(row.get("tags") or "[]")
+    _decode_ranks(row)
     return row
+
+
+def _decode_ranks(row: dict[str, Any]) -> None:
+    """`ranks` as a list (None when never recorded); a database older than schema 3 has no column."""
+    if "ranks" in row:
+        row["ranks"] = json.loads(row["ranks"]) if row["ranks"] else None

@@ -12,7 +12,7 @@ from sqlite_utils import Database, Migrations
 
 from mlmlab.store.liveness import HEARTBEAT_TIMEOUT_S
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MIN_READ_VERSION = 1  # read-only opens accept these older schemas (the differences do not matter to readers)
 TABLES = ("runs", "metrics", "samples", "checkpoints")
 
@@ -124,3 +124,13 @@ def m002_summary_queued_crashed(db: Database) -> None:
     """run_summary: a queued run whose heartbeat stopped is crashed too (v1 only checked running)."""
     db.execute("DROP VIEW IF EXISTS run_summary")
     db.execute(summary_view("'queued', 'running'"))
+
+
+@migrations()
+def m003_world_size(db: Database) -> None:
+    """runs: how many processes trained the run (torchrun), the sequences per optimizer step over all
+    of them (batch_size x grad_accum_steps x world size) and each rank's host and device (JSON list).
+    Set at every start: a resume may run on another world size. Older rows read world size 1."""
+    db.execute("ALTER TABLE runs ADD COLUMN world_size INTEGER NOT NULL DEFAULT 1")
+    db.execute("ALTER TABLE runs ADD COLUMN global_batch INTEGER")
+    db.execute("ALTER TABLE runs ADD COLUMN ranks TEXT")

@@ -115,8 +115,9 @@ class MlmlabApp(App):
 
     # --- launching and watching runs ------------------------------------------------------------
 
-    def start_new_run(self, config_toml: str, name: str) -> Launch:
-        launch = launch_new(self.db_path, config_toml, name, cwd=self.cwd)
+    def start_new_run(self, config_toml: str, name: str, processes: int = 1) -> Launch:
+        """Launch `mlmlab run` (through torchrun when `processes` > 1) and follow it."""
+        launch = launch_new(self.db_path, config_toml, name, cwd=self.cwd, processes=processes)
         self.launches[launch.pid] = launch
         self._watch_launch(launch)
         self.say(f"launched '{name}' (pid {launch.pid}); it appears in the table in a moment")

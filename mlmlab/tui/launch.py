@@ -41,22 +41,32 @@ class Launch:
         return self.process.pid
 
 
-def _start(args: list[str], log_path: Path, label: str, cwd: Path | None) -> Launch:
+def torchrun_prefix(processes: int) -> list[str]:
+    """What runs `-m mlmlab` as `processes` DDP processes on this machine (torchrun, standalone);
+    nothing for one process."""
+    if processes <= 1:
+        return []
+    return ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
+
+
+def _start(args: list[str], log_path: Path, label: str, cwd: Path | None, processes: int = 1) -> Launch:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    prefix = torchrun_prefix(processes)
     with log_path.open("ab") as log:
-        log.write(f"$ mlmlab {' '.join(args)}\n".encode())
+        log.write(f"$ {'torchrun ' + ' '.join(prefix[2:]) + ' -m ' if prefix else ''}mlmlab {' '.join(args)}\n".encode())
         log.flush()
         process = subprocess.Popen(
-            [sys.executable, "-m", "mlmlab", *args],
+            [sys.executable, *prefix, "-m", "mlmlab", *args],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, cwd=cwd, env=env, close_fds=True,
         )
     return Launch(process, log_path, label)
 
 
-def launch_new(db_path: Path, config_toml: str, name: str, cwd: Path | None = None) -> Launch:
-    """Write the validated config to a file and start `mlmlab run FILE --db DB --name NAME`."""
+def launch_new(db_path: Path, config_toml: str, name: str, cwd: Path | None = None, processes: int = 1) -> Launch:
+    """Write the validated config to a file and start `mlmlab run FILE --db DB --name NAME`, through
+    torchrun when `processes` > 1 (the Launch's process is then torchrun; the run row holds rank 0's pid)."""
     folder = launches_dir(db_path)
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{_safe(name)}"
@@ -64,7 +74,7 @@ def launch_new(db_path: Path, config_toml: str, name: str, cwd: Path | None = No
     config_path.write_text(config_toml, encoding="utf-8")
     id_file = folder / f"{stem}.id"
     args = ["run", str(config_path), "--db", str(db_path), "--name", name, "--id-file", str(id_file)]
-    launch = _start(args, folder / f"{stem}.log", name, cwd)
+    launch = _start(args, folder / f"{stem}.log", name, cwd, processes)
     launch.id_file = id_file
     return launch
 

@@ -53,7 +53,10 @@ def choices(key: str) -> tuple[str, ...] | None:
 
 
 # Form widgets an error may name besides the config fields.
-OTHER_FIELDS = ("name", "device", "preset")
+OTHER_FIELDS = ("name", "device", "preset", "processes")
+MAX_PROCESSES = 64  # on the CPU: more gloo processes than that only try a machine's patience
+PROCESSES_TIP = ("processes: train with N DistributedDataParallel processes launched through torchrun "
+                 "(one GPU each on CUDA, gloo on the CPU); the global batch is batch size x N")
 
 
 def invalid_widget_id(key: str | None) -> str | None:
@@ -104,6 +107,8 @@ class NewRunScreen(Screen):
                 yield Label("device")
                 yield Select([("auto", "auto")], value="auto", allow_blank=False, id="device", compact=True)
                 yield Static(id="device-note", classes="field-note")
+                yield Label("processes")
+                yield Input("1", id="processes", tooltip=PROCESSES_TIP, compact=True)
             for title, fields in SECTIONS:
                 yield Static(Text(title, style="bold"), classes="form-section")
                 with Grid(classes="form-grid"):
@@ -224,6 +229,7 @@ class NewRunScreen(Screen):
             path = self.preset_path()
             cfg = config_module.load_config(str(path) if path else None, self.overrides())
             self.check_device(cfg.train.device)
+            self.check_processes(cfg.train.device)
         except ConfigError as exc:
             self.config = None
             self.show_error(str(exc), exc.key)
@@ -243,6 +249,32 @@ class NewRunScreen(Screen):
         if device not in ids:
             raise ConfigError(f"device {device!r} is not available on this machine (available: {', '.join(['auto'] + ids)})",
                               key="device", value=device)
+
+    def processes(self) -> int:
+        """The processes field as a number (the launch reads it after validation passed)."""
+        text = self.query_one("#processes", Input).value.strip() or "1"
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"processes = {text!r}: must be a whole number (1 = no torchrun)",
+                              key="processes", value=text) from None
+
+    def check_processes(self, device: str) -> None:
+        """More than one process: on the CPU (gloo, to try it) or one GPU each, as torchrun gives them."""
+        count = self.processes()
+        if count == 1:
+            return
+        gpus = [d["id"] for d in self.app.devices or [] if d["id"].startswith("cuda")]
+        limit = len(gpus) if device in ("cuda", "auto") and gpus else MAX_PROCESSES
+        problem = None
+        if not 1 <= count <= limit:
+            problem = f"must be between 1 and {limit}" + (f" (one per GPU: {len(gpus)} found)" if limit == len(gpus) else "")
+        elif device.startswith("cuda:"):
+            problem = "each process takes its own GPU: choose device auto or cuda"
+        elif device == "mps":
+            problem = "DistributedDataParallel runs on CUDA or the CPU, not mps"
+        if problem:
+            raise ConfigError(f"processes = {count}: {problem}", key="processes", value=count)
 
     def show_error(self, message: str | None, key: str | None = None) -> None:
         """The verdict line; `key` names the field at fault, which is marked."""
@@ -271,7 +303,7 @@ class NewRunScreen(Screen):
             return
         name = self.query_one("#name", Input).value.strip()
         try:
-            self.app.start_new_run(config_module.to_toml(cfg), name)
+            self.app.start_new_run(config_module.to_toml(cfg), name, processes=self.processes())
         except OSError as exc:
             self.app.say(f"could not start the run: {exc}", "error")
             return

@@ -103,10 +103,18 @@ class RunRow:
             _number(m.get("eval_acc"), ".1%", WIDTHS["eval_acc"]),
             _number(m.get("tokens_per_s"), ",.0f", WIDTHS["tok_s"]),
             Text(fmt_duration(run_duration(s, now)), justify="right"),
-            Text(fit([m.get("device") or "-"], WIDTHS["device"])),
+            Text(fit(device_words(m), WIDTHS["device"])),
             Text((m.get("started") or "-")[5:16] if m.get("started") else "-"),
             Text(" ".join(_tags(s)), style="italic"),
         ]
+
+
+def device_words(summary: dict[str, Any]) -> list[str]:
+    """The device cell, longest wording first: `cuda:0 x8` for a run of 8 processes (torchrun)."""
+    device, processes = summary.get("device") or "-", summary.get("world_size") or 1
+    if processes <= 1:
+        return [device]
+    return [f"{device} x{processes}", f"{device.split(':')[0]} x{processes}", f"x{processes}"]
 
 
 def _number(value: Any, spec: str, width: int) -> Text:
