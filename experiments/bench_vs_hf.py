@@ -41,7 +41,7 @@ from mlmlab.bench import build_setup, synchronizer
 from mlmlab.benchharness import IsolatedStep, alternate, interleaved_ms
 from mlmlab.config import load_config
 from mlmlab.data import WindowSampler
-from mlmlab.devices import keep_freed_memory, resolve_device, resolve_precision
+from mlmlab.devices import bf16_supported, cpu_flags, keep_freed_memory, resolve_device, resolve_precision
 from mlmlab.masking import mask_tokens, n_chosen_for
 from mlmlab.tokenizer import MASK_ID, N_SPECIAL, PAD_ID
 from mlmlab.engine.step import compile_decision
@@ -53,6 +53,22 @@ CONFIGS = {
     "d256": dict(vocab=67, d_model=256, n_layers=6, n_heads=4, d_ff=1024, seq_len=128, batch_size=32, target=1.3),
 }
 HF_SETTINGS = [("sdpa", "fp32"), ("sdpa", "bf16"), ("eager", "fp32"), ("eager", "bf16")]
+CPU_FLAGS_THAT_MATTER = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def hf_settings(device: torch.device) -> list[tuple[str, str]]:
+    """HF's settings worth a trial here: bf16 autocast only where the device has fast bf16 (on a CPU
+    without bf16 instructions it runs at a tenth of fp32's speed and would make the trial take minutes)."""
+    if bf16_supported(device):
+        return HF_SETTINGS
+    log(f"{device} has no fast bf16 (no avx512_bf16 / amx_bf16): HF's bf16 autocast settings are left out of the trial")
+    return [(attn, prec) for attn, prec in HF_SETTINGS if prec != "bf16"]
+
+
+def cpu_flags_line() -> str:
+    """The instruction-set flags that decide which kernels are fast, as present (+) or absent (-)."""
+    flags = cpu_flags()
+    return " ".join(("+" if f in flags else "-") + f for f in CPU_FLAGS_THAT_MATTER)
 
 
 def log(text: str) -> None:
@@ -151,7 +167,7 @@ def throughput(name: str, c: dict, device: torch.device, args) -> dict:
 
     candidates = {f"hf {attn} {prec}": IsolatedStep(hf_step, c, str(device), attn, prec, args.threads,
                                                                 args.hf_keeps_freed_memory)
-                  for attn, prec in HF_SETTINGS}
+                  for attn, prec in hf_settings(device)}
     try:
         for step in candidates.values():
             step.run(2)
@@ -373,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     report: dict = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device)}
+    if device.type == "cpu":
+        report["cpu_flags"] = cpu_flags_line()
+        print(f"CPU flags: {report['cpu_flags']}", file=sys.stderr)
     try:
         import transformers
 

@@ -76,3 +76,19 @@ def test_bad_arguments_are_one_line_each(tmp_path):
         result = run_script(script, *args, cwd=tmp_path)
         assert result.returncode == 2, (script, args, result.stderr[-2000:])
         assert "Traceback" not in result.stderr and expected in result.stderr, result.stderr
+
+
+def test_vs_hf_leaves_bf16_out_of_the_trial_on_a_cpu_without_bf16(monkeypatch, capsys):
+    """On a CPU without bf16 instructions HF's bf16 autocast runs at a tenth of fp32's speed: the
+    trial skips it, says so in one line, and the flags that decide it are printed."""
+    import torch
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "experiments"))
+    import bench_vs_hf
+
+    monkeypatch.setattr(bench_vs_hf, "bf16_supported", lambda device: False)
+    assert bench_vs_hf.hf_settings(torch.device("cpu")) == [("sdpa", "fp32"), ("eager", "fp32")]
+    assert "left out of the trial" in capsys.readouterr().err
+    monkeypatch.setattr(bench_vs_hf, "bf16_supported", lambda device: True)
+    assert ("sdpa", "bf16") in bench_vs_hf.hf_settings(torch.device("cpu"))
+    assert all(flag in bench_vs_hf.cpu_flags_line() for flag in ("avx2", "avx512_bf16"))
