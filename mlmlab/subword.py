@@ -215,15 +215,20 @@ class SubwordTokenizer:
 
     # --- display -------------------------------------------------------------------------------
     def _readable(self, token_id: int, raw: str) -> str:
-        if token_id < N_SPECIAL:
-            return raw
-        if self.kind == "wordpiece":
-            if raw.startswith(CONTINUATION):
-                return raw[len(CONTINUATION):]
-            return raw if is_punctuation(raw) else " " + raw
-        if self.kind == "bpe":
-            return raw.replace(METASPACE, " ")
+        return raw if token_id < N_SPECIAL else readable_piece(raw, self.kind)
+
+
+def readable_piece(raw: str, kind: str, continuation: str = CONTINUATION) -> str:
+    """A vocabulary's piece as a reader expects it: WordPiece drops its continuation prefix and gives a
+    word's first piece its space (punctuation none), byte-level decodes its byte alphabet, and a
+    SentencePiece-style `▁` is a space. Shared with the explorer's view of Hugging Face tokenizers."""
+    if kind == "wordpiece":
+        if raw.startswith(continuation):
+            return raw[len(continuation):]
+        return raw if is_punctuation(raw) else " " + raw
+    if kind == "bytelevel":
         return _bytes_text(raw)
+    return raw.replace(METASPACE, " ")
 
 
 # Before a newline that follows a non-space: no piece of any kind spans this point, and what the
@@ -281,8 +286,9 @@ def _runs_of_specials(ids: list[int]) -> Iterator[list[int]]:
 
 
 def _bytes_text(raw: str) -> str:
-    """A byte-level piece as text; a piece holding part of a multi-byte character shows U+FFFD."""
-    return bytes(_BYTES.get(ch, ord("?")) for ch in raw).decode("utf-8", errors="replace")
+    """A byte-level piece as text; a piece holding part of a multi-byte character shows U+FFFD. A
+    character outside the byte alphabet (an added token) stands for itself, as the library decodes it."""
+    return b"".join(bytes([_BYTES[ch]]) if ch in _BYTES else ch.encode() for ch in raw).decode("utf-8", errors="replace")
 
 
 def vocab_dump(tokenizer: SubwordTokenizer) -> str:

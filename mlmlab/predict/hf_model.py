@@ -28,14 +28,13 @@ from mlmlab.errors import CheckpointError, MlmlabError
 from mlmlab.predict.alignment import Specials
 from mlmlab.predict.hf_dir import check_model_dir, read_config, require_transformers
 from mlmlab.predict.predictor import Predictor
-from mlmlab.subword import is_punctuation
+from mlmlab.subword import readable_piece
 from mlmlab.tokenizer import MASK
 
 # How BERT was trained (and transformers' DataCollatorForLanguageModeling masks): what the explorer's
 # "mask as training does" draws for a model whose own training masking is not recorded.
 BERT_MASKING = MaskConfig(masking_prob=0.15, randomize_prob=0.1, no_change_prob=0.1)
 DEFAULT_LIMIT = 512  # positions, when neither the config nor the tokenizer says
-METASPACE = "▁"  # SentencePiece's space
 
 
 class HFTokenizer:
@@ -101,15 +100,8 @@ class HFTokenizer:
             return MASK  # the notation's word for it, whatever the tokenizer spells (<mask>)
         if self.specials.special(token_id) or self.kind in ("char", "wordlevel"):
             return raw
-        if self.kind == "wordpiece":
-            if raw.startswith(self.continuation):
-                return raw[len(self.continuation):]
-            return raw if is_punctuation(raw) else " " + raw
-        if self.byte_level:
-            from tokenizers import decoders
-
-            return decoders.ByteLevel().decode([raw])
-        return raw.replace(METASPACE, " ")
+        scheme = "bytelevel" if self.byte_level and self.kind != "wordpiece" else self.kind
+        return readable_piece(raw, scheme, self.continuation)
 
     def raw_token(self, token_id: int) -> str:
         return self.raw[token_id]
