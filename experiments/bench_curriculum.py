@@ -39,25 +39,35 @@ def log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seconds", type=float, default=90.0, help="training wall time for each (default 90)")
+def race_arguments(description: str, seconds: float) -> argparse.ArgumentParser:
+    """The options every equal-wall-time race of two presets takes (bench_tokenizers.py reuses them)."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--seconds", type=float, default=seconds, help=f"training wall time for each (default {seconds:g})")
     p.add_argument("--chunk", type=float, default=10.0, help="seconds per turn (default 10)")
-    p.add_argument("--marks", type=int, default=3, help="evaluate both at this many equal shares of the time (default 3)")
-    p.add_argument("--off", default=str(HERE / "curriculum-off.toml"), help="preset without the curriculum")
-    p.add_argument("--on", default=str(HERE / "curriculum-on.toml"), help="preset with it")
+    p.add_argument("--marks", type=int, default=3, help="score both at this many equal shares of the time (default 3)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of both presets (repeatable)")
     p.add_argument("--data", help="a UTF-8 text file or folder instead of the presets' corpus")
-    p.add_argument("--eval-len", type=int, help="held-out window length (default: the presets' train.seq_len)")
     p.add_argument("--eval-batches", type=int, default=32, help="held-out batches (fixed windows and masks)")
     p.add_argument("--threads", type=int)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", type=Path)
+    return p
+
+
+def parse_race_args(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.seconds <= 0 or args.chunk <= 0 or args.marks < 1:
         p.error("--seconds and --chunk must be positive and --marks at least 1")
     return args
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = race_arguments(__doc__.split("\n\n")[0], 90.0)
+    p.add_argument("--off", default=str(HERE / "curriculum-off.toml"), help="preset without the curriculum")
+    p.add_argument("--on", default=str(HERE / "curriculum-on.toml"), help="preset with it")
+    p.add_argument("--eval-len", type=int, help="held-out window length (default: the presets' train.seq_len)")
+    return parse_race_args(p, argv)
 
 
 def shared_sets(args: argparse.Namespace) -> list[str]:
@@ -90,6 +100,18 @@ def build_worker(which: str, args: argparse.Namespace) -> Mlmlab:
     contender.evalset = build_eval_set(prepare_data(evaluation).valid_ids, evaluation, data.tokenizer.vocab_size,
                                        None, device)
     return contender
+
+
+def race_in_workers(build, names: tuple[str, str], args: argparse.Namespace) -> dict[str, list[dict]]:
+    """`build(name, args)` in a process of its own for each name, then `race` them; the workers close after."""
+    workers: dict[str, IsolatedStep] = {}
+    try:
+        for name in names:
+            workers[name] = IsolatedStep(build, name, args)
+        return race(args, workers)
+    finally:
+        for worker in workers.values():
+            worker.close()
 
 
 def race(args: argparse.Namespace, workers: dict[str, IsolatedStep]) -> dict[str, list[dict]]:
@@ -135,14 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     off, on, evaluation = configs(args)  # a bad preset or --set fails here, in one line
     prepare_data(evaluation)  # once here, so the workers find the corpus cached
-    workers: dict[str, IsolatedStep] = {}
-    try:
-        for which in ("off", "on"):
-            workers[which] = IsolatedStep(build_worker, which, args)
-        scores = race(args, workers)
-    finally:
-        for worker in workers.values():
-            worker.close()
+    scores = race_in_workers(build_worker, ("off", "on"), args)
     stages = {"off": describe_stages(off), "on": describe_stages(on)}
     device = resolve_device(args.device)
     print_report(args, stages, scores, evaluation.train.seq_len, device)

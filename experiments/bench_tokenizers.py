@@ -26,9 +26,8 @@ from pathlib import Path
 
 import torch
 
-from bench_curriculum import race
+from bench_curriculum import parse_race_args, race_arguments, race_in_workers
 from bench_time_to_accuracy import Mlmlab
-from mlmlab.benchharness import IsolatedStep
 from mlmlab.config import load_config
 from mlmlab.devices import resolve_device
 from mlmlab.engine.data import prepare_data
@@ -39,23 +38,10 @@ HERE = Path(__file__).resolve().parent
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seconds", type=float, default=120.0, help="training wall time for each (default 120)")
-    p.add_argument("--chunk", type=float, default=10.0, help="seconds per turn (default 10)")
-    p.add_argument("--marks", type=int, default=3, help="score both at this many equal shares of the time (default 3)")
+    p = race_arguments(__doc__.split("\n\n")[0], 120.0)
     p.add_argument("--a", default=str(HERE / "quick.toml"), help="first preset (default quick.toml, char)")
     p.add_argument("--b", default=str(HERE / "wordpiece.toml"), help="second preset (default wordpiece.toml)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key of both presets (repeatable)")
-    p.add_argument("--data", help="a UTF-8 text file or folder instead of the presets' corpus")
-    p.add_argument("--eval-batches", type=int, default=32, help="held-out batches (fixed windows and masks)")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", type=Path)
-    args = p.parse_args(argv)
-    if args.seconds <= 0 or args.chunk <= 0 or args.marks < 1:
-        p.error("--seconds and --chunk must be positive and --marks at least 1")
-    return args
+    return parse_race_args(p, argv)
 
 
 def config(which: str, args: argparse.Namespace, evaluation: bool = False):
@@ -107,14 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     configs = {which: config(which, args) for which in ("a", "b")}  # a bad preset or --set fails here, in one line
     for cfg in configs.values():
         prepare_data(cfg)  # once here, so the workers find the corpus and vocabulary cached
-    workers: dict[str, IsolatedStep] = {}
-    try:
-        for which in ("a", "b"):
-            workers[which] = IsolatedStep(build_worker, which, args)
-        scores = race(args, workers)
-    finally:
-        for worker in workers.values():
-            worker.close()
+    scores = race_in_workers(build_worker, ("a", "b"), args)
     device = resolve_device(args.device)
     print_report(args, configs, scores, device)
     if args.json:
