@@ -34,6 +34,18 @@ def make_corpus(n_sentences: int = 3000, seed: int = 0) -> str:
     return "\n".join(lines) + "\n"
 
 
+def count_calls(monkeypatch, calls: dict[str, int], key: str, module, name: str) -> None:
+    """Replace `module.name` by a wrapper that counts its calls in `calls[key]` and then calls it."""
+    real = getattr(module, name)
+    calls.setdefault(key, 0)
+
+    def counted(*args, **kwargs):
+        calls[key] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+
+
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("home")

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from mlmlab import corpus, token_cache
+from conftest import count_calls
+from mlmlab import token_cache
 from mlmlab.cli import main
 from mlmlab.config import load_config
 from mlmlab.data import WindowSampler, load_corpus, split_text
@@ -30,19 +31,9 @@ def cache(tmp_path, monkeypatch):
 @pytest.fixture
 def counted(monkeypatch):
     """How many times each streaming pass ran."""
-    calls = {"tokenise": 0, "vocab": 0}
-    real_tok, real_vocab = token_cache._tokenise_chars, corpus.train_char_counts
-
-    def tokenise(*a, **k):
-        calls["tokenise"] += 1
-        return real_tok(*a, **k)
-
-    def vocab(*a, **k):
-        calls["vocab"] += 1
-        return real_vocab(*a, **k)
-
-    monkeypatch.setattr(token_cache, "_tokenise_chars", tokenise)
-    monkeypatch.setattr(token_cache, "train_char_counts", vocab)  # where the cache calls it
+    calls: dict[str, int] = {}
+    count_calls(monkeypatch, calls, "tokenise", token_cache, "_tokenise_chars")
+    count_calls(monkeypatch, calls, "vocab", token_cache, "train_char_counts")  # where the cache calls it
     return calls
 
 

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import make_corpus
+from conftest import count_calls, make_corpus
 from mlmlab import subword, token_cache
 from mlmlab.corpus import BLOCK_CHARS, held_out_blocks
 from mlmlab.data import load_corpus
@@ -28,19 +28,9 @@ def cache(tmp_path, monkeypatch):
 @pytest.fixture
 def counted(monkeypatch):
     """How many times the subword streaming pass and vocabulary training ran."""
-    calls = {"tokenise": 0, "train": 0}
-    real_tok, real_train = token_cache._tokenise_subwords, subword.train_subword
-
-    def tokenise(*a, **k):
-        calls["tokenise"] += 1
-        return real_tok(*a, **k)
-
-    def train(*a, **k):
-        calls["train"] += 1
-        return real_train(*a, **k)
-
-    monkeypatch.setattr(token_cache, "_tokenise_subwords", tokenise)
-    monkeypatch.setattr(subword, "train_subword", train)  # token_cache imports it from there when it trains
+    calls: dict[str, int] = {}
+    count_calls(monkeypatch, calls, "tokenise", token_cache, "_tokenise_subwords")
+    count_calls(monkeypatch, calls, "train", subword, "train_subword")  # token_cache imports it from there when it trains
     return calls
 
 
